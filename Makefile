@@ -1,0 +1,30 @@
+# Two commands for a fresh machine with Python 3.11:
+#   make run    — build the environment (first time) and regenerate the paper at the default scale
+#   make test   — build the environment (first time), lint, and run the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+CORES ?= 2
+SCALE ?= mini
+BIN = $(VENV)/bin
+
+.PHONY: run test lint env clean-outputs
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+run: env
+	$(BIN)/snakemake --cores $(CORES) --config scale=$(SCALE)
+
+lint: env
+	$(BIN)/ruff check .
+
+test: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+
+clean-outputs:
+	rm -rf work .snakemake

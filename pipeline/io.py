@@ -1,0 +1,138 @@
+"""Atomic file writes, provenance records and seed derivation shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_TRACKED_PACKAGES = (
+    "torch", "torchvision", "numpy", "scipy", "timm", "diffusers", "torchdiffeq",
+    "torch-fidelity", "scikit-learn", "snakemake", "fasterdit-harness",
+)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temp file next to ``path``; on success fsync it and rename it over ``path``.
+
+    A crash or exception leaves ``path`` untouched (either the old file or no file), never a
+    truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    import torch
+
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` (uncompressed, ADM-compatible) through :func:`atomic_write`."""
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    with atomic_write(path, "w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False, default=_json_default)
+        handle.write("\n")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The repository's HEAD commit, with ``+dirty`` when the work tree has changes; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers, plus Python and platform."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def provenance(config: Mapping[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The provenance block every result file carries: config, seed, git commit, versions."""
+    return {
+        "config": dict(config) if config is not None else None,
+        "seed": seed,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed derived from ``seed`` and any labels (stream name, step, sample index).
+
+    Uses SHA-256 so that neighbouring inputs give unrelated streams; the same inputs always give
+    the same seed, on every machine and world size.
+    """
+    text = "/".join([str(int(seed)), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def config_hash(config: Mapping[str, Any], length: int = 8) -> str:
+    """Short stable hash of a JSON-serialisable config (key order does not matter)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
