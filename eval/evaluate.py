@@ -1,0 +1,95 @@
+"""Score a sample npz against a reference npz, like ADM's ``evaluator.py REF SAMPLES``.
+
+``python -m eval.evaluate REF.npz SAMPLES.npz --extractor inception|digits --weights PATH
+--out metrics.json [--batch-size B] [--device D]``
+
+Both files are ADM npz (``arr_0`` uint8 NHWC). The reference may carry ADM's precomputed
+``mu``/``sigma``/``mu_s``/``sigma_s``; otherwise its statistics come from its own ``arr_0``.
+Prints the five numbers as ADM does and writes every setting plus provenance to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.features import DEFAULT_BATCH_SIZE, FeatureExtractor, build_extractor, extract_npz
+from eval.metrics import (
+    ADM_FID_EPS,
+    ADM_IS_SPLIT_SIZE,
+    ADM_PR_BLOCK_SIZE,
+    ADM_PR_NEIGHBOURHOOD,
+    compute_all_metrics,
+    load_reference,
+)
+from pipeline.io import atomic_write_json, provenance
+
+
+def evaluate_npz(reference_path: str | os.PathLike, samples_path: str | os.PathLike,
+                 extractor: FeatureExtractor, batch_size: int, split_size: int = ADM_IS_SPLIT_SIZE,
+                 k: int = ADM_PR_NEIGHBOURHOOD, pr_block_size: int = ADM_PR_BLOCK_SIZE,
+                 device: str | torch.device | None = None) -> dict[str, Any]:
+    """Metrics of ``samples_path`` against ``reference_path`` and the settings that produced them."""
+    reference = load_reference(reference_path, extractor, batch_size)
+    sample_features = extract_npz(extractor, samples_path, batch_size)
+    metrics = compute_all_metrics(sample_features, reference, split_size, k, pr_block_size, ADM_FID_EPS, device)
+    num_samples = int(len(sample_features["pool"]))
+    settings = {
+        "extractor": extractor.settings(),
+        "samples": {"path": str(samples_path), "num_samples": num_samples},
+        "reference": {"path": str(reference_path), "statistics": reference.statistics_source,
+                      "num_images": reference.num_images,
+                      "num_images_for_precision_recall": int(len(reference.pool_features))},
+        "inception_score": {"split_size": split_size, "num_splits": len(metrics["inception_score_per_split"]),
+                            "order": "file order, consecutive splits", "features": "logits"},
+        "fid": {"features": "pool", "statistics": "float64 mean/cov", "sqrtm": "scipy.linalg.sqrtm",
+                "eps": ADM_FID_EPS},
+        "sfid": {"features": "spatial"},
+        "precision_recall": {"k": k, "block_size": pr_block_size, "distance": "euclidean float32",
+                             "features": "pool", "reference": "arr_0 of the reference npz"},
+        "batch_size": batch_size,
+        "device": str(device) if device is not None else "cpu",
+    }
+    return {"metrics": metrics, "settings": settings}
+
+
+def print_adm_summary(metrics: dict[str, Any]) -> None:
+    """The five lines ADM's evaluator prints."""
+    print("Computing evaluations...")
+    print(f"Inception Score: {metrics['inception_score']}")
+    print(f"FID: {metrics['fid']}")
+    print(f"sFID: {metrics['sfid']}")
+    print(f"Precision: {metrics['precision']}")
+    print(f"Recall: {metrics['recall']}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="ADM-compatible IS / FID / sFID / precision / recall.")
+    parser.add_argument("reference", help="reference npz (arr_0 uint8 NHWC, optional mu/sigma/mu_s/sigma_s)")
+    parser.add_argument("samples", help="sample npz (arr_0 uint8 NHWC)")
+    parser.add_argument("--extractor", choices=("inception", "digits"), default="inception")
+    parser.add_argument("--weights", default=None,
+                        help="extractor weights; Inception defaults to torch-fidelity's file in the torch hub cache")
+    parser.add_argument("--out", required=True, help="metrics JSON")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--split-size", type=int, default=ADM_IS_SPLIT_SIZE, help="IS split size (ADM: 5000)")
+    parser.add_argument("--k", type=int, default=ADM_PR_NEIGHBOURHOOD, help="P/R neighbourhood (ADM: 3)")
+    parser.add_argument("--pr-block-size", type=int, default=ADM_PR_BLOCK_SIZE)
+    args = parser.parse_args(argv)
+    batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.extractor]
+    extractor = build_extractor(args.extractor, args.weights, args.device)
+    result = evaluate_npz(args.reference, args.samples, extractor, batch_size, args.split_size, args.k,
+                          args.pr_block_size, args.device)
+    print_adm_summary(result["metrics"])
+    atomic_write_json(Path(args.out), {**result, "provenance": provenance(vars(args), None)})
+    return result
+
+
+if __name__ == "__main__":
+    main()
