@@ -29,5 +29,9 @@ rule all:
         lambda wildcards: ALL_TARGETS,
 
 
+include: "workflow/rules/common.smk"
+
+
 for _rules in sorted(Path("workflow/rules").glob("*.smk")):
-    include: str(_rules)
+    if _rules.name != "common.smk":
+        include: str(_rules)

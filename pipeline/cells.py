@@ -1,0 +1,62 @@
+"""A cell: one figure point or table entry, its metrics over seeds, the paper's value and provenance."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from pipeline.io import atomic_write_json, provenance
+from pipeline.registry import Cell
+
+# Registry metric names -> keys of eval.evaluate's metrics JSON.
+METRIC_KEYS = {"fid": "fid", "sfid": "sfid", "is": "inception_score", "precision": "precision", "recall": "recall"}
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
+    """Mean and a Student-t confidence interval (None with fewer than two values)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, scale: str) -> dict[str, Any]:
+    """Gather a cell's per-seed metrics into ``out`` (JSON, atomic) and return the record."""
+    first = cells[0]
+    per_seed: dict[str, dict[str, float]] = {}
+    sources = []
+    for cell, path in zip(cells, metrics_files, strict=True):
+        record = json.loads(Path(path).read_text())
+        values = record["metrics"]
+        per_seed[str(cell.seed)] = {m: float(values[METRIC_KEYS[m]]) for m in cell.metrics}
+        sources.append({"seed": cell.seed, "run": cell.run_id, "metrics_file": path,
+                        "samples": cell.samples_path, "settings": record.get("settings", {})})
+    summary = {m: mean_interval([per_seed[s][m] for s in per_seed]) for m in first.metrics}
+    difference = {m: summary[m]["mean"] - first.paper[m] for m in first.metrics if m in first.paper}
+    spec = asdict(first)
+    spec.pop("seed")
+    spec.pop("run_id")
+    result = {
+        "experiment": first.experiment,
+        "cell": first.id,
+        "scale": scale,
+        "spec": spec,
+        "seeds": sorted(int(s) for s in per_seed),
+        "per_seed": per_seed,
+        "summary": summary,
+        "paper": first.paper,
+        "difference": difference,
+        "sources": sources,
+        "provenance": provenance(config={"cell": spec, "scale": scale}, seed=None),
+    }
+    atomic_write_json(out, result)
+    return result

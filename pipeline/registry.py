@@ -1,0 +1,322 @@
+"""Expand the experiment registry (config/experiments.yaml) under a scale into runs, milestones and cells.
+
+Pure Python and cheap to import (no torch): the Snakefile calls :func:`load_registry` at parse time.
+
+- A *run* is a complete training recipe (pipeline.runconfig keys) identified by
+  ``<protocol>-<readable slug>-<hash of the recipe>``; cells that need the same recipe share the run.
+- A run's *milestones* are the steps its cells need plus segment boundaries (``segment_every``), so
+  each training job is one segment between consecutive milestones.
+- A *cell* is one table entry or figure point: (run, milestone, sampler, cfg, sample count, seed, metrics,
+  the paper's value).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.io import config_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_FILE = ROOT / "config" / "experiments.yaml"
+ALL_METRICS = ("fid", "sfid", "is", "precision", "recall")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One figure point or table entry, evaluated on one seed's run."""
+
+    experiment: str
+    block: str
+    id: str
+    seed: int
+    run_id: str
+    protocol: str
+    milestone: int          # the paper's step (the label, e.g. 400000)
+    step: int               # the step at this scale
+    sampler: dict[str, Any]
+    cfg: float
+    num_samples: int
+    metrics: tuple[str, ...]
+    coords: dict[str, Any] = field(default_factory=dict)   # sweep coordinates (schedule, std, ...)
+    paper: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sample_tag(self) -> str:
+        return sample_tag(self.sampler, self.cfg, self.num_samples, self.seed)
+
+    @property
+    def target(self) -> str:
+        """The cell's JSON (all seeds of the cell in one file)."""
+        return f"results/cells/{self.experiment}/{self.id}.json"
+
+    @property
+    def metrics_path(self) -> str:
+        return f"work/metrics/{self.run_id}/step{self.step}/{self.sample_tag}.json"
+
+    @property
+    def samples_path(self) -> str:
+        return f"work/samples/{self.run_id}/step{self.step}/{self.sample_tag}.npz"
+
+
+@dataclass
+class Registry:
+    """Everything the DAG needs, expanded for one scale."""
+
+    scale: str
+    runs: dict[str, dict[str, Any]]
+    run_protocol: dict[str, str]
+    milestones: dict[str, list[int]]
+    cells: dict[str, list[Cell]]
+    experiments: dict[str, dict[str, Any]]
+    protocols: dict[str, dict[str, Any]]
+
+    def previous_milestone(self, run_id: str, step: int) -> int | None:
+        """The milestone a segment ending at ``step`` starts from (None for the first segment)."""
+        steps = self.milestones[run_id]
+        if step not in steps:
+            raise KeyError(f"step {step} is not a milestone of run {run_id}: {steps}")
+        i = steps.index(step)
+        return steps[i - 1] if i > 0 else None
+
+    def all_cells(self) -> list[Cell]:
+        return [c for cells in self.cells.values() for c in cells]
+
+    def cell_groups(self, experiment: str) -> dict[str, list[Cell]]:
+        """Cells of an experiment grouped by id (one entry per seed)."""
+        groups: dict[str, list[Cell]] = {}
+        for cell in self.cells[experiment]:
+            groups.setdefault(cell.id, []).append(cell)
+        return groups
+
+
+def sample_tag(sampler: Mapping[str, Any], cfg: float, num: int, seed: int) -> str:
+    """Readable name of a sample set: e.g. ``dopri5-cfg1.5-n50000-seed0`` or ``ddpm250-cfg1-n10000-seed0``."""
+    kind = sampler["kind"]
+    steps = "" if kind == "dopri5" else str(sampler["steps"])
+    return f"{kind}{steps}-cfg{cfg:g}-n{num}-seed{seed}"
+
+
+def _slug_value(value: Any) -> str:
+    text = value if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+def _timesteps_slug(ts: Mapping[str, Any]) -> str:
+    if ts.get("kind", "uniform") == "uniform":
+        return "uniform"
+    return f"lognorm{ts.get('mu', 0.0):g}_{ts.get('sigma', 1.0):g}"
+
+
+def run_slug(protocol: str, run: Mapping[str, Any]) -> str:
+    """A readable description of a run's recipe (the hash, appended elsewhere, makes it unique)."""
+    scale = run["input_scale"]
+    scale_part = f"std{scale['target_std']:g}" if "target_std" in scale else f"x{scale.get('factor', 1.0):g}"
+    parts = [protocol, run["schedule"], run["prediction"], scale_part, _timesteps_slug(run["timesteps"])]
+    if run.get("direction_loss"):
+        parts.append("dirloss")
+    if run["network"].get("learn_sigma"):
+        parts.append("learnsigma")
+    parts.append(f"seed{run['seed']}")
+    return "-".join(_slug_value(p) for p in parts)
+
+
+def _resolve(value: Any, scale_cfg: Mapping[str, Any]) -> Any:
+    """Names such as ``std_grid`` refer to lists in the scale config."""
+    if isinstance(value, str) and value in scale_cfg:
+        return scale_cfg[value]
+    return value
+
+
+def _sweep_points(sweep: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> list[tuple[dict, dict]]:
+    """Cartesian product of a sweep: list of (coords for labels, recipe overrides)."""
+    points: list[tuple[dict, dict]] = [({}, {})]
+    for key, raw in sweep.items():
+        values = _resolve(raw, scale_cfg)
+        new_points = []
+        for coords, overrides in points:
+            for value in values:
+                label, val = (value["label"], value["value"]) if isinstance(value, dict) and "label" in value \
+                    else (value, value)
+                c, o = dict(coords), copy.deepcopy(overrides)
+                c[key] = label
+                if key == "std":
+                    o["input_scale"] = {"target_std": float(val)}
+                else:
+                    o[key] = val
+                new_points.append((c, o))
+        points = new_points
+    return points
+
+
+def _cell_id(block: str, coords: Mapping[str, Any]) -> str:
+    parts = [block] + [f"{k}{_slug_value(v)}" if k == "std" else _slug_value(v) for k, v in coords.items()]
+    return "-".join(parts)
+
+
+def build_run(recipe: Mapping[str, Any], overrides: Mapping[str, Any], protocol: Mapping[str, Any],
+              seed: int, latents: str) -> dict[str, Any]:
+    """A complete run config (pipeline.runconfig keys) from recipe + overrides + protocol."""
+    merged: dict[str, Any] = {**copy.deepcopy(dict(recipe)), **copy.deepcopy(dict(overrides))}
+    network = copy.deepcopy(protocol["network"])
+    network.setdefault("num_classes", protocol["_num_classes"])
+    network.setdefault("in_channels", protocol["_latent_channels"])
+    network.setdefault("input_size", protocol["_latent_size"])
+    if "learn_sigma" in merged:
+        network["learn_sigma"] = bool(merged.pop("learn_sigma"))
+    input_scale = merged.pop("input_scale", "baseline")
+    if input_scale == "baseline":
+        input_scale = copy.deepcopy(protocol["baseline_input_scale"])
+    run = {
+        "network": network,
+        "schedule": merged.pop("schedule", "flow-linear"),
+        "prediction": merged.pop("prediction", "velocity"),
+        "input_scale": input_scale,
+        "timesteps": merged.pop("timesteps", {"kind": "uniform"}),
+        "loss_weight": merged.pop("loss_weight", {"kind": "none"}),
+        "direction_loss": bool(merged.pop("direction_loss", False)),
+        "direction_weight": float(merged.pop("direction_weight", 1.0)),
+        "optimizer": copy.deepcopy(protocol["optimizer"]),
+        "global_batch": int(protocol["global_batch"]),
+        "ema_decay": float(protocol["ema_decay"]),
+        "seed": int(seed),
+        "flip": bool(protocol["flip"]),
+        "precision": protocol["precision"],
+        "tf32": bool(protocol["tf32"]),
+        "latents": latents,
+    }
+    if merged:
+        raise ValueError(f"unknown recipe keys: {sorted(merged)}")
+    return run
+
+
+# Channel count and spatial size of what the network sees, per autoencoder kind.
+def _latent_geometry(autoencoder: Mapping[str, Any], resolution: int) -> tuple[int, int]:
+    if autoencoder["kind"] == "identity":
+        return 1, resolution
+    return 4, resolution // 8
+
+
+def latents_dir(protocol: Mapping[str, Any]) -> str:
+    """Where a protocol's latents live: one folder per (data set, resolution, autoencoder, flip)."""
+    flip = "flip" if protocol["flip"] else "noflip"
+    return f"work/latents/{protocol['dataset']}-{protocol['resolution']}px-{protocol['autoencoder']}-{flip}"
+
+
+def reference_path(protocol: Mapping[str, Any]) -> str:
+    """The reference npz a protocol's metrics compare against.
+
+    Always a path under work/: a rule builds it from the data set or links the ADM batch named in the
+    scale's ``references``, so a dry run never needs the real file.
+    """
+    return f"work/reference/{protocol['reference']}.npz"
+
+
+def _protocol(scale_cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    protocol = copy.deepcopy(scale_cfg["protocols"][name])
+    dataset = scale_cfg["datasets"][protocol["dataset"]]
+    autoencoder = scale_cfg["autoencoders"][protocol["autoencoder"]]
+    channels, size = _latent_geometry(autoencoder, int(protocol["resolution"]))
+    protocol.update(_num_classes=int(dataset["num_classes"]), _latent_channels=channels, _latent_size=size)
+    protocol.setdefault("milestone_scale", 1.0)
+    protocol.setdefault("segment_every", 0)
+    return protocol
+
+
+def scaled_step(paper_step: int, protocol: Mapping[str, Any]) -> int:
+    """A paper milestone at this scale (at least 1 step)."""
+    return max(1, round(paper_step * float(protocol["milestone_scale"])))
+
+
+def load_experiments(path: Path = EXPERIMENTS_FILE) -> dict[str, Any]:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Registry:
+    """Expand the registry for one scale."""
+    recipes = experiments["recipes"]
+    protocols = {name: _protocol(scale_cfg, name) for name in scale_cfg["protocols"]}
+    runs: dict[str, dict[str, Any]] = {}
+    run_protocol: dict[str, str] = {}
+    needed: dict[str, set[int]] = {}
+    cells: dict[str, list[Cell]] = {}
+
+    def add_cell(exp: str, block: Mapping[str, Any], cell_id: str, recipe_name: str, overrides: Mapping,
+                 milestone: Any, cfg: Any, metrics: list[str], coords: dict, paper: dict) -> None:
+        pname = block["protocol"]
+        protocol = protocols[pname]
+        paper_step = int(protocol["steps"] / protocol["milestone_scale"]) if milestone in (None, "final") \
+            else int(milestone)
+        step = scaled_step(paper_step, protocol) if milestone not in (None, "final") else int(protocol["steps"])
+        if step > int(protocol["steps"]):
+            raise ValueError(f"{exp}/{cell_id}: milestone {milestone} is past protocol {pname}'s last step")
+        for seed in protocol["seeds"]:
+            run = build_run(recipes[recipe_name], overrides, protocol, seed, latents_dir(protocol))
+            run_id = f"{run_slug(pname, run)}-{config_hash(run)}"
+            runs[run_id] = run
+            run_protocol[run_id] = pname
+            needed.setdefault(run_id, set()).add(step)
+            sampler_key = "ddpm" if run["schedule"].startswith("ddpm") else "flow"
+            cells.setdefault(exp, []).append(Cell(
+                experiment=exp, block=block["name"], id=cell_id, seed=int(seed), run_id=run_id, protocol=pname,
+                milestone=paper_step, step=step, sampler=dict(protocol["samplers"][sampler_key]),
+                cfg=float(protocol["cfg"] if cfg is None else cfg), num_samples=int(protocol["num_samples"]),
+                metrics=tuple(metrics), coords=coords, paper=paper,
+            ))
+
+    for exp, spec in experiments["experiments"].items():
+        cells.setdefault(exp, [])
+        if spec["kind"] == "grid":
+            continue
+        for block in spec["blocks"]:
+            if "cells" in block:
+                for c in block["cells"]:
+                    add_cell(exp, block, c["id"], c["recipe"], c.get("overrides", {}), c.get("milestone"),
+                             c.get("cfg"), c["metrics"], {}, dict(c.get("paper", {})))
+            else:
+                for coords, sweep_overrides in _sweep_points(block.get("sweep", {}), scale_cfg):
+                    overrides = {**copy.deepcopy(block.get("overrides", {})), **sweep_overrides}
+                    add_cell(exp, block, _cell_id(block["name"], coords), block["recipe"], overrides,
+                             block.get("milestone"), block.get("cfg"), block["metrics"], coords, {})
+
+    milestones = {}
+    for run_id, steps in needed.items():
+        every = int(protocols[run_protocol[run_id]]["segment_every"])
+        top = max(steps)
+        bounds = set(range(every, top, every)) if every > 0 else set()
+        milestones[run_id] = sorted(steps | bounds)
+    return Registry(scale=str(scale_cfg.get("scale_name", "?")), runs=runs, run_protocol=run_protocol,
+                    milestones=milestones, cells=cells, experiments=dict(experiments["experiments"]),
+                    protocols=protocols)
+
+
+def grid_spec(registry: Registry, experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample-grid experiment (Figs. 8-10): run, step, classes, cfg; adds the run if needed."""
+    block = experiments["experiments"]["grids"]["blocks"][0]
+    protocol = registry.protocols[block["protocol"]]
+    seed = protocol["seeds"][0]
+    run = build_run(experiments["recipes"][block["recipe"]], {}, protocol, seed, latents_dir(protocol))
+    run_id = f"{run_slug(block['protocol'], run)}-{config_hash(run)}"
+    step = scaled_step(int(block["milestone"]), protocol)
+    if run_id not in registry.runs:
+        registry.runs[run_id] = run
+        registry.run_protocol[run_id] = block["protocol"]
+    registry.milestones[run_id] = sorted(set(registry.milestones.get(run_id, [])) | {step})
+    return {"run_id": run_id, "step": step, "milestone": int(block["milestone"]), "cfg": float(block["cfg"]),
+            "classes": list(_resolve(block["classes"], scale_cfg)), "per_class": int(scale_cfg["grid_per_class"]),
+            "sampler": protocol["samplers"]["flow"], "seed": seed}
+
+
+def load_registry(scale_cfg: Mapping[str, Any], path: Path = EXPERIMENTS_FILE) -> tuple[Registry, dict[str, Any]]:
+    """Read, expand and return (registry, grid spec) for a scale config."""
+    experiments = load_experiments(path)
+    registry = expand(experiments, scale_cfg)
+    grid = grid_spec(registry, experiments, scale_cfg)
+    return registry, grid

@@ -1,0 +1,123 @@
+"""Tables and figures from cell JSONs: ``results/<experiment>.csv`` and ``paper_figures/<experiment>.{pdf,png}``.
+
+One long-format CSV per experiment: one row per (cell, metric) with the paper's value, the reproduced
+mean over seeds, its interval, the difference, the scale and the seeds. Rows the paper quotes from other
+papers (Table 1) are included with ``status = cited`` and never run.
+
+CLI (one rule per figure/table calls it)::
+
+    python -m pipeline.report EXPERIMENT --cells C1.json C2.json ... --csv results/EXP.csv \
+        --figure paper_figures/EXP.pdf
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic_write, atomic_write_text
+from pipeline.registry import load_experiments
+
+COLUMNS = [
+    "experiment", "block", "cell", "status", "schedule", "prediction", "timesteps", "std", "milestone", "step",
+    "cfg", "num_samples", "metric", "paper", "reproduced", "ci_low", "ci_high", "difference", "n_seeds", "seeds",
+    "scale", "note",
+]
+METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "is": "IS", "precision": "Precision", "recall": "Recall"}
+
+
+def cell_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of one cell JSON (one per metric)."""
+    spec, coords = record["spec"], record["spec"]["coords"]
+    rows = []
+    for metric, summary in record["summary"].items():
+        paper = record["paper"].get(metric)
+        rows.append({
+            "experiment": record["experiment"], "block": spec["block"], "cell": record["cell"], "status": "run",
+            "schedule": coords.get("schedule", ""), "prediction": coords.get("prediction", ""),
+            "timesteps": coords.get("timesteps", ""), "std": coords.get("std", ""),
+            "milestone": spec["milestone"], "step": spec["step"], "cfg": spec["cfg"],
+            "num_samples": spec["num_samples"], "metric": metric, "paper": "" if paper is None else paper,
+            "reproduced": summary["mean"], "ci_low": _blank(summary["low"]), "ci_high": _blank(summary["high"]),
+            "difference": "" if paper is None else summary["mean"] - paper, "n_seeds": summary["n"],
+            "seeds": " ".join(map(str, record["seeds"])), "scale": record["scale"],
+            "note": "" if paper is not None else "paper value not stated in the text (figure only)",
+        })
+    return rows
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def cited_rows(experiment: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows quoted from other papers (never run)."""
+    rows = []
+    for entry in spec.get("cited", []):
+        for metric in ("fid", "sfid", "is", "precision", "recall"):
+            if metric in entry:
+                rows.append({col: "" for col in COLUMNS} | {
+                    "experiment": experiment, "block": "cited", "cell": entry["method"], "status": "cited",
+                    "metric": metric, "paper": entry[metric],
+                    "note": f"quoted by the paper from other work ({entry.get('iters', 'n/a')}); not run"})
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def build(experiment: str, cell_files: Sequence[str], csv_path: str, figure_path: str | None) -> list[dict]:
+    """Write the experiment's CSV and (if asked) its figure; return the rows."""
+    records = [json.loads(Path(f).read_text()) for f in cell_files]
+    spec = load_experiments()["experiments"][experiment]
+    rows = [row for record in records for row in cell_rows(record)] + cited_rows(experiment, spec)
+    write_csv(rows, csv_path)
+    if figure_path:
+        from pipeline.figures.experiments import render
+
+        fig = render(experiment, spec, records)
+        save_figure(fig, figure_path)
+    return rows
+
+
+def save_figure(fig: Any, pdf_path: str | Path) -> None:
+    """Save ``fig`` as PDF at ``pdf_path`` and as PNG beside it, atomically."""
+    import matplotlib.pyplot as plt
+
+    pdf_path = Path(pdf_path)
+    for path, fmt in ((pdf_path, "pdf"), (pdf_path.with_suffix(".png"), "png")):
+        with atomic_write(path) as handle:
+            fig.savefig(handle, format=fmt, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment")
+    parser.add_argument("--cells", nargs="+", required=True)
+    parser.add_argument("--csv", required=True)
+    parser.add_argument("--figure")
+    args = parser.parse_args(argv)
+    rows = build(args.experiment, args.cells, args.csv, args.figure)
+    print(f"{args.experiment}: {len(rows)} rows -> {args.csv}" + (f", {args.figure}" if args.figure else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

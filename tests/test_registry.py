@@ -1,0 +1,98 @@
+"""The experiment registry expands into shared runs, chained milestones and readable cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.registry import expand, load_experiments, run_slug, sample_tag
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scale(name: str) -> dict:
+    cfg = yaml.safe_load((ROOT / "config" / "scales" / f"{name}.yaml").read_text())
+    return {"scale": name, **cfg}
+
+
+@pytest.fixture(scope="module", params=["smoke", "mini", "paper"])
+def registry(request):
+    return expand(load_experiments(), scale(request.param))
+
+
+def test_std_grids_contain_the_values_the_paper_names():
+    for name in ("mini", "paper"):
+        assert {0.3, 0.9, 2.5, 3.3} <= set(scale(name)["std_grid"])
+
+
+def test_every_cell_has_a_run_and_a_milestone(registry):
+    for cell in registry.all_cells():
+        assert cell.run_id in registry.runs
+        assert cell.step in registry.milestones[cell.run_id]
+        assert cell.step <= registry.protocols[cell.protocol]["steps"]
+
+
+def test_shared_runs_are_trained_once(registry):
+    by_exp = {exp: {c.run_id for c in cells} for exp, cells in registry.cells.items()}
+    # Fig. 5's epsilon-prediction flows are Fig. 2's flow runs; Fig. 4's uniform curves are Fig. 2's DDPM runs.
+    fig2_flow = {c.run_id for c in registry.cells["fig2"] if c.coords["schedule"].startswith("flow")}
+    fig5_noise = {c.run_id for c in registry.cells["fig5"] if c.coords.get("prediction") == "noise"}
+    assert fig2_flow == fig5_noise
+    fig4_uniform = {c.run_id for c in registry.cells["fig4"] if c.coords["timesteps"] == "uniform"}
+    assert fig4_uniform <= by_exp["fig2"]
+    # Fig. 7's and Fig. 1's FasterDiT cells and Table 1 share one FasterDiT run per seed.
+    fasterdit = {c.run_id for exp in ("fig1", "fig7", "table1") for c in registry.cells[exp]
+                 if c.id.startswith(("fasterdit", "both"))}
+    assert len(fasterdit) == len(registry.protocols["section4"]["seeds"])
+
+
+def test_milestones_chain(registry):
+    for run_id, steps in registry.milestones.items():
+        assert steps == sorted(set(steps))
+        assert registry.previous_milestone(run_id, steps[0]) is None
+        for prev, nxt in zip(steps, steps[1:]):
+            assert registry.previous_milestone(run_id, nxt) == prev
+
+
+def test_run_ids_are_readable_and_stable(registry):
+    again = expand(load_experiments(), scale(registry.scale))
+    assert set(again.runs) == set(registry.runs)
+    for run_id, run in registry.runs.items():
+        assert run_id.startswith(run_slug(registry.run_protocol[run_id], run))
+
+
+def test_recipes_follow_the_paper(registry):
+    cells = {c.id: c for c in registry.cells["table1"]}
+    run = registry.runs[cells["fasterdit-1000k-cfg1.5"].run_id]
+    assert run["schedule"] == "flow-linear" and run["prediction"] == "velocity"
+    assert run["input_scale"] == {"target_std": 0.82}
+    assert run["timesteps"] == {"kind": "lognorm", "mu": 0.0, "sigma": 1.0}
+    assert run["direction_loss"] is True
+    assert cells["fasterdit-1000k-cfg1.5"].cfg == 1.5
+    dit = registry.runs[{c.id: c for c in registry.cells["fig1"]}["dit-400k"].run_id]
+    assert dit["schedule"] == "ddpm-linear" and dit["network"]["learn_sigma"] is True
+    fig2 = registry.cells["fig2"]
+    assert {c.coords["schedule"] for c in fig2} == {"ddpm-linear", "ddpm-cosine", "flow-linear", "flow-cosine"}
+    assert all(registry.runs[c.run_id]["prediction"] == "noise" for c in fig2)
+    assert all(c.sampler["kind"] == "ddpm" for c in fig2 if c.coords["schedule"].startswith("ddpm"))
+
+
+def test_paper_scale_matches_tables_4_to_7():
+    reg = expand(load_experiments(), scale("paper"))
+    s3, s4 = reg.protocols["section3"], reg.protocols["section4"]
+    assert (s3["resolution"], s3["steps"], s3["num_samples"], s3["cfg"], s3["flip"]) == (128, 100000, 10000, 1.0, False)
+    assert (s4["resolution"], s4["num_samples"], s4["flip"]) == (256, 50000, True)
+    assert s3["global_batch"] == s4["global_batch"] == 256
+    assert s3["optimizer"] == {"lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": None}
+    assert s3["samplers"]["ddpm"] == {"kind": "ddpm", "steps": 250}
+    assert s3["samplers"]["flow"]["kind"] == "dopri5"
+    fasterdit = [c for c in reg.cells["table1"]][0].run_id
+    assert reg.milestones[fasterdit][-1] == 2000000
+    assert all(b - a <= 50000 for a, b in zip(reg.milestones[fasterdit], reg.milestones[fasterdit][1:]))
+
+
+def test_sample_tag():
+    assert sample_tag({"kind": "dopri5"}, 1.5, 50000, 0) == "dopri5-cfg1.5-n50000-seed0"
+    assert sample_tag({"kind": "ddpm", "steps": 250}, 1.0, 10000, 0) == "ddpm250-cfg1-n10000-seed0"

@@ -1,0 +1,98 @@
+"""Cells -> tables, figures and the claims audit, on synthetic metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import audit as audit_mod
+from pipeline.cells import mean_interval, write_cell
+from pipeline.registry import expand, load_experiments
+from pipeline.report import build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    cfg = yaml.safe_load((ROOT / "config" / "scales" / "mini.yaml").read_text())
+    return expand(load_experiments(), {"scale": "mini", **cfg})
+
+
+def fake_fid(cell) -> float:
+    """A deterministic synthetic FID: FasterDiT < balance < SiT, decreasing with steps; std-dependent."""
+    base = {"both": 10.0, "fasterdit": 10.0, "balance": 14.0, "none": 18.0, "sit": 18.0, "dit": 20.0}
+    head = cell.id.split("-")[0]
+    value = base.get(head, 30.0) + 1000.0 / cell.step + 0.1 * cell.seed
+    if "std" in cell.coords:
+        value += 5 * abs(float(cell.coords["std"]) - 0.9) * (2 if cell.coords.get("prediction") == "noise" else 1)
+    return value
+
+
+def make_cells(tmp_path: Path, registry, experiment: str) -> list[str]:
+    files = []
+    for cell_id, cells in registry.cell_groups(experiment).items():
+        metric_files = []
+        for cell in cells:
+            path = tmp_path / "metrics" / f"{cell.run_id}-{cell.sample_tag}-{cell_id}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fid = fake_fid(cell)
+            path.write_text(json.dumps({"metrics": {"fid": fid, "sfid": fid / 2, "inception_score": 5.0,
+                                                    "precision": 0.5, "recall": 0.4}, "settings": {}}))
+            metric_files.append(str(path))
+        out = tmp_path / "cells" / experiment / f"{cell_id}.json"
+        write_cell(cells, metric_files, str(out), scale="mini")
+        files.append(str(out))
+    return files
+
+
+def test_mean_interval():
+    assert mean_interval([2.0]) == {"mean": 2.0, "low": None, "high": None, "n": 1}
+    r = mean_interval([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["low"] < 2.0 < r["high"] and r["n"] == 3
+
+
+def test_cell_json_has_metrics_paper_and_provenance(tmp_path, registry):
+    files = make_cells(tmp_path, registry, "table1")
+    record = json.loads(Path([f for f in files if f.endswith("fasterdit-1000k-cfg1.5.json")][0]).read_text())
+    assert record["paper"]["fid"] == 2.30 and record["seeds"] == [0, 1, 2]
+    assert set(record["summary"]) == {"fid", "sfid", "is", "precision", "recall"}
+    assert record["difference"]["fid"] == pytest.approx(record["summary"]["fid"]["mean"] - 2.30)
+    assert {"git_commit", "versions"} <= set(record["provenance"])
+
+
+@pytest.mark.parametrize("experiment", ["fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "table1"])
+def test_tables_and_figures(tmp_path, registry, experiment):
+    files = make_cells(tmp_path, registry, experiment)
+    figure = None if experiment.startswith("table") else str(tmp_path / f"{experiment}.pdf")
+    build(experiment, files, str(tmp_path / f"{experiment}.csv"), figure)
+    rows = list(csv.DictReader((tmp_path / f"{experiment}.csv").open()))
+    assert rows and {"paper", "reproduced", "difference", "scale", "seeds"} <= set(rows[0])
+    if figure:
+        assert (tmp_path / f"{experiment}.pdf").stat().st_size > 0
+        assert (tmp_path / f"{experiment}.png").stat().st_size > 0
+    if experiment == "table1":
+        cited = [r for r in rows if r["status"] == "cited"]
+        assert any(r["cell"] == "DiT (cfg=1.5) [37]" and r["metric"] == "fid" and r["paper"] == "2.27" for r in cited)
+        assert all(r["reproduced"] == "" for r in cited)
+
+
+def test_audit_verdicts(tmp_path, registry):
+    results = tmp_path / "results"
+    for experiment in ("fig1", "fig2", "fig4", "fig5", "fig7", "table1"):
+        build(experiment, make_cells(tmp_path, registry, experiment), str(results / f"{experiment}.csv"), None)
+    claims = yaml.safe_load((ROOT / "config" / "claims.yaml").read_text())["claims"]
+    fig3 = yaml.safe_load((ROOT / "config" / "figures" / "fig3.yaml").read_text())["fig3"]
+    rows = {r["claim"]: r for r in audit_mod.audit(audit_mod.load_results(results), claims, fig3)}
+    assert rows["fasterdit-beats-sit-400k"]["verdict"] == "reproduced"
+    assert rows["direction-loss-helps"]["verdict"] == "reproduced"
+    assert rows["direction-loss-helps"]["robust"] == "yes"          # seeds' intervals separate 10 from 14
+    assert rows["longer-training-helps"]["verdict"] == "reproduced"
+    assert rows["guidance-helps"]["verdict"] == "not reproduced"    # synthetic FID ignores cfg
+    assert rows["v-pred-more-robust-linear"]["verdict"] == "reproduced"
+    assert rows["fasterdit-512"]["verdict"] == "not run at this scale"
+    assert "dB" in rows["best-std-in-band"]["reproduced_evidence"]

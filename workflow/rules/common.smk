@@ -1,0 +1,64 @@
+# Shared by every rule file: the registry expanded for this scale, and path helpers.
+# Included first by the Snakefile.
+import re
+import sys
+
+from snakemake.utils import validate
+
+from pipeline.registry import EXPERIMENTS_FILE, load_experiments, load_registry
+
+validate(config, "../schemas/config.schema.yaml")
+validate(load_experiments(EXPERIMENTS_FILE), "../schemas/experiments.schema.yaml")
+REG, GRID = load_registry(config)
+PY = sys.executable  # jobs run with the interpreter that runs Snakemake (the harness environment)
+
+
+wildcard_constraints:
+    run=r"[A-Za-z0-9._+-]+",
+    step=r"\d+",
+    tag=r"[a-z0-9]+-cfg[0-9.]+-n\d+-seed\d+",
+    experiment=r"[a-z0-9]+",
+    cell=r"[A-Za-z0-9._+-]+",
+
+
+def protocol_of(run_id):
+    return REG.protocols[REG.run_protocol[run_id]]
+
+
+def resources_of(stage):
+    """Resource block of a stage (train/sample/metrics/latents) for the run in the wildcards."""
+    def get(wildcards, attempt=1):
+        return protocol_of(wildcards.run)["resources"][stage]
+    return get
+
+
+def stage_resource(stage, key, default):
+    def get(wildcards, attempt=1):
+        value = protocol_of(wildcards.run)["resources"][stage].get(key, default)
+        if key == "runtime" and isinstance(value, str) and attempt > 1:
+            return value  # the profile's retries resubmit with the same limit; resume makes progress
+        return value
+    return get
+
+
+def launcher(stage):
+    """`python` for one process, `torchrun` for several GPUs (the SLURM job's GPUs)."""
+    def get(wildcards):
+        gpus = int(protocol_of(wildcards.run)["resources"][stage].get("gpu", 0))
+        if gpus > 1:
+            return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+        return PY
+    return get
+
+
+def parse_tag(tag):
+    """`dopri5-cfg1.5-n1000-seed0` -> sampler kind/steps, cfg, n, seed."""
+    m = re.fullmatch(r"([a-z]+?)(\d*)-cfg([0-9.]+)-n(\d+)-seed(\d+)", tag)
+    if not m:
+        raise ValueError(f"bad sample tag {tag!r}")
+    kind, steps, cfg, n, seed = m.groups()
+    return {"kind": kind, "steps": int(steps) if steps else 0, "cfg": float(cfg), "n": int(n), "seed": int(seed)}
+
+
+def latents_index(wildcards):
+    return f"{REG.runs[wildcards.run]['latents']}/index.json"

@@ -1,0 +1,119 @@
+# Sampling, metrics and cells.
+# work/samples/<run>/step<N>/<tag>.npz     ADM sample batch (arr_0 uint8 NHWC, arr_1 labels) + .json sidecar
+# work/metrics/<run>/step<N>/<tag>.json    FID / sFID / IS / precision / recall with every setting
+# results/cells/<experiment>/<cell>.json   one table entry or figure point: metrics of every seed, the
+#                                          paper's value, provenance. Delete one and re-run its target
+#                                          to re-run only that cell.
+
+EXTRACTOR = config["extractor"]
+EXTRACTOR_WEIGHTS = "work/extractors/digits-classifier.pt" if EXTRACTOR["kind"] == "digits" \
+    else "work/extractors/inception.pth"
+
+
+def metrics_reference(wildcards):
+    from pipeline.registry import reference_path
+
+    return reference_path(protocol_of(wildcards.run))
+
+
+def sampler_args(wildcards):
+    spec = parse_tag(wildcards.tag)
+    sampler = protocol_of(wildcards.run)["samplers"]["ddpm" if spec["kind"] == "ddpm" else "flow"]
+    args = f"--sampler {spec['kind']} --cfg-scale {spec['cfg']:g} --num-samples {spec['n']} --seed {spec['seed']}"
+    if spec["kind"] != "dopri5":
+        args += f" --steps {spec['steps']}"
+    else:
+        args += f" --atol {sampler['atol']} --rtol {sampler['rtol']}"
+    return args
+
+
+rule sample:
+    input:
+        ckpt="work/runs/{run}/ckpt/step{step}.pt",
+        latents=latents_index,
+    output:
+        "work/samples/{run}/step{step}/{tag}.npz",
+    log:
+        "work/logs/sample/{run}/step{step}/{tag}.log",
+    params:
+        launcher=launcher("sample"),
+        sampler=sampler_args,
+        batch=lambda wc: protocol_of(wc.run)["sample_batch"],
+    threads: 1
+    resources:
+        gpu=stage_resource("sample", "gpu", 0),
+        nodes=stage_resource("sample", "nodes", 1),
+        cpus_per_task=stage_resource("sample", "cpus_per_task", 1),
+        mem_mb=stage_resource("sample", "mem_mb", 2000),
+        runtime=stage_resource("sample", "runtime", "30m"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} -m pipeline.sample --ckpt {input.ckpt} {params.sampler}"
+        " --batch-size {params.batch} --latents-index {input.latents} --out {output}"
+        " --shard-dir work/samples/{wildcards.run}/step{wildcards.step}/{wildcards.tag}.shards > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        samples="work/samples/{run}/step{step}/{tag}.npz",
+        reference=metrics_reference,
+        extractor=EXTRACTOR_WEIGHTS,
+    output:
+        "work/metrics/{run}/step{step}/{tag}.json",
+    log:
+        "work/logs/metrics/{run}/step{step}/{tag}.log",
+    params:
+        kind=EXTRACTOR["kind"],
+    threads: 1
+    resources:
+        gpu=stage_resource("metrics", "gpu", 0),
+        nodes=stage_resource("metrics", "nodes", 1),
+        cpus_per_task=stage_resource("metrics", "cpus_per_task", 1),
+        mem_mb=stage_resource("metrics", "mem_mb", 2000),
+        runtime=stage_resource("metrics", "runtime", "30m"),
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} -m eval.evaluate {input.reference} {input.samples}"
+        " --extractor {params.kind} --weights {input.extractor} --out {output} > {log} 2>&1"
+
+
+def cell_specs(wildcards):
+    cells = REG.cell_groups(wildcards.experiment).get(wildcards.cell)
+    if not cells:
+        raise ValueError(f"no cell {wildcards.cell!r} in {wildcards.experiment}")
+    return cells
+
+
+rule cell:
+    input:
+        lambda wc: [c.metrics_path for c in cell_specs(wc)],
+    output:
+        "results/cells/{experiment}/{cell}.json",
+    localrule: True
+    run:
+        from pipeline.cells import write_cell
+
+        write_cell(cell_specs(wildcards), list(input), output[0], scale=config["scale_name"])
+
+
+rule digits_extractor:
+    input:
+        train="work/data/digits-train.npz",
+        test="work/reference/digits-8.npz",
+    output:
+        "work/extractors/digits-classifier.pt",
+    log:
+        "work/logs/extractors/digits-classifier.log",
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} -m eval.digits_classifier --train {input.train} --test {input.test}"
+        " --out {output} --report work/extractors/digits-classifier.json > {log} 2>&1"
+
+
+rule inception_weights:
+    output:
+        "work/extractors/inception.pth",
+    params:
+        source=EXTRACTOR.get("weights", ""),
+    localrule: True
+    shell:
+        "test -f '{params.source}' || {{ echo 'error: Inception weights not found at {params.source}"
+        " (set extractor.weights in config/scales/paper.yaml to torch-fidelity inception-v3-compat weights)' >&2;"
+        " exit 1; }}; ln -sfn \"$(realpath '{params.source}')\" {output}"

@@ -1,0 +1,53 @@
+# Training: one job per segment between consecutive milestones of a run.
+# work/runs/<run>/run.json            the recipe (pipeline.runconfig keys), written from the registry
+# work/runs/<run>/ckpt/step<N>.pt     milestone checkpoints (segment k+1 starts from segment k's)
+# work/runs/<run>/rolling/            undeclared: rolling checkpoints survive failures and retries
+# work/runs/<run>/log/                train.jsonl and loss.png
+
+
+def previous_checkpoint(wildcards):
+    prev = REG.previous_milestone(wildcards.run, int(wildcards.step))
+    return [] if prev is None else [f"work/runs/{wildcards.run}/ckpt/step{prev}.pt"]
+
+
+def train_threads(wildcards):
+    return int(protocol_of(wildcards.run)["resources"]["train"].get("threads", 1))
+
+
+rule run_config:
+    output:
+        "work/runs/{run}/run.json",
+    params:
+        run=lambda wc: REG.runs[wc.run],
+    localrule: True
+    run:
+        from pipeline.io import atomic_write_json
+
+        atomic_write_json(output[0], params.run)
+
+
+rule train_segment:
+    input:
+        run_config="work/runs/{run}/run.json",
+        latents=latents_index,
+        init=previous_checkpoint,
+    output:
+        "work/runs/{run}/ckpt/step{step}.pt",
+    log:
+        "work/logs/train/{run}/step{step}.log",
+    params:
+        launcher=launcher("train"),
+        start=lambda wc: REG.previous_milestone(wc.run, int(wc.step)) or 0,
+        init=lambda wc, input: f"--init {input.init[0]}" if input.init else "",
+    threads: 1
+    resources:
+        gpu=stage_resource("train", "gpu", 0),
+        nodes=stage_resource("train", "nodes", 1),
+        cpus_per_task=stage_resource("train", "cpus_per_task", 1),
+        mem_mb=stage_resource("train", "mem_mb", 2000),
+        runtime=stage_resource("train", "runtime", "30m"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} -m pipeline.train --run-config {input.run_config}"
+        " --start {params.start} --stop {wildcards.step} {params.init} --out {output}"
+        " --rolling-dir work/runs/{wildcards.run}/rolling --log-dir work/runs/{wildcards.run}/log"
+        " > {log} 2>&1"
