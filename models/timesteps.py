@@ -51,12 +51,16 @@ def sample_timesteps(
 ) -> Tensor:
     """Draw ``n`` training times in ``t_range`` and snap them to the schedule's grid (Algorithm 2, step 2).
 
-    Uniform sampling draws directly in ``t_range``; logit-normal draws on (0, 1) and is affinely mapped
-    into ``t_range`` (as LightningDiT does). Discrete (DDPM) schedules round to the nearest step.
+    Uniform sampling draws directly in ``t_range`` (on a DDPM grid: every step with probability 1/T, as
+    DiT's ``randint``); logit-normal draws on (0, 1), is affinely mapped into ``t_range`` (as LightningDiT
+    does) and, on a DDPM grid, rounded to the nearest step.
     """
     lo, hi = t_range
     if sampling.kind == "uniform":
         u = torch.rand(n, generator=generator, device=device)
+        if schedule.discrete:  # every DDPM step equally likely, as DiT's randint(0, T)
+            k = torch.clamp(torch.floor(u * schedule.num_steps), max=schedule.num_steps - 1)
+            return schedule.time_of_index(k)
     else:
         u = sample_logit_normal(n, sampling.mu, sampling.sigma, generator, device)
     return schedule.discretize(lo + (hi - lo) * u)

@@ -10,8 +10,6 @@ CLI: ``python -m pipeline.audit --results results --claims config/claims.yaml --
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline.io import atomic_write_text, git_commit
+from pipeline.io import atomic_write_csv, git_commit, provenance
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run at this scale"
 COLUMNS = ["claim", "text", "verdict", "reproduced_evidence", "robust", "scale", "git_commit"]
@@ -146,7 +144,7 @@ def audit(results: Mapping[str, pd.DataFrame], claims: Sequence[Mapping[str, Any
 def load_results(results_dir: Path) -> dict[str, pd.DataFrame]:
     tables = {}
     for path in sorted(results_dir.glob("*.csv")):
-        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        table = pd.read_csv(path, comment="#", keep_default_na=False, na_values=[""])
         if {"experiment", "metric", "reproduced", "status"} <= set(table.columns):
             tables[path.stem] = table
     return tables
@@ -162,11 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     claims = yaml.safe_load(Path(args.claims).read_text())["claims"]
     fig3_cfg = yaml.safe_load(Path(args.fig3_config).read_text())["fig3"]
     rows = audit(load_results(Path(args.results)), claims, fig3_cfg)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(args.out, buffer.getvalue())
+    prov = provenance(config={"claims": args.claims, "results": args.results}, seed=None)
+    atomic_write_csv(args.out, rows, COLUMNS, prov)
     counts = pd.Series([r["verdict"] for r in rows]).value_counts().to_dict()
     print(f"audit: {len(rows)} claims -> {args.out}: {counts}")
     return 0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -40,11 +42,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save_torch(obj: Any, path: str | os.PathLike) -> None:
@@ -82,6 +91,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str], prov: Mapping[str, Any]
+) -> None:
+    """Write a CSV whose first line is ``# provenance: {json}`` (read back with ``comment="#"``)."""
+    buffer = io.StringIO()
+    buffer.write("# provenance: " + json.dumps(prov, sort_keys=True, default=_json_default) + "\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
 
 
 @lru_cache(maxsize=1)

@@ -13,15 +13,13 @@ CLI (one rule per figure/table calls it)::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write, atomic_write_text
+from pipeline.io import atomic_write, atomic_write_csv, provenance
 from pipeline.registry import load_experiments
 
 COLUMNS = [
@@ -69,17 +67,10 @@ def cited_rows(experiment: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, experiment: str, cell_files: Sequence[str]) -> None:
+    """The experiment's CSV; its first line records provenance (``# provenance: {json}``)."""
+    prov = provenance(config={"experiment": experiment, "cells": list(cell_files)}, seed=None)
+    atomic_write_csv(path, [{k: row.get(k, "") for k in COLUMNS} for row in rows], COLUMNS, prov)
 
 
 def build(experiment: str, cell_files: Sequence[str], csv_path: str, figure_path: str | None) -> list[dict]:
@@ -87,7 +78,7 @@ def build(experiment: str, cell_files: Sequence[str], csv_path: str, figure_path
     records = [json.loads(Path(f).read_text()) for f in cell_files]
     spec = load_experiments()["experiments"][experiment]
     rows = [row for record in records for row in cell_rows(record)] + cited_rows(experiment, spec)
-    write_csv(rows, csv_path)
+    write_csv(rows, csv_path, experiment, cell_files)
     if figure_path:
         from pipeline.figures.experiments import render
 

@@ -234,3 +234,11 @@ def test_ema_update():
     update_ema(ema, model, decay=0.9)
     assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight)
     assert not any(p.requires_grad for p in ema.parameters())
+
+
+def test_uniform_ddpm_steps_are_equally_likely():
+    g = torch.Generator().manual_seed(11)
+    s = ddpm_linear()
+    k = torch.round(s.index(sample_timesteps(400000, TimestepSampling(), s, (0.0, 1.0), g))).long()
+    counts = torch.bincount(k, minlength=1000).double() / 400000
+    assert counts[0].item() == pytest.approx(1e-3, rel=0.2) and counts[999].item() == pytest.approx(1e-3, rel=0.2)

@@ -70,7 +70,9 @@ def test_tables_and_figures(tmp_path, registry, experiment):
     files = make_cells(tmp_path, registry, experiment)
     figure = None if experiment.startswith("table") else str(tmp_path / f"{experiment}.pdf")
     build(experiment, files, str(tmp_path / f"{experiment}.csv"), figure)
-    rows = list(csv.DictReader((tmp_path / f"{experiment}.csv").open()))
+    text = (tmp_path / f"{experiment}.csv").read_text().splitlines()
+    assert text[0].startswith("# provenance: ")
+    rows = list(csv.DictReader(text[1:]))
     assert rows and {"paper", "reproduced", "difference", "scale", "seeds"} <= set(rows[0])
     if figure:
         assert (tmp_path / f"{experiment}.pdf").stat().st_size > 0
