@@ -2,22 +2,25 @@
 
 Scale: `--config scale=mini` (default: embedded digits, CPU, minutes), `smoke` (CI, seconds per job),
 `paper` (ImageNet, SD-VAE, GPUs). A scale changes sizes and counts, never the DAG's structure.
+Outputs go to the working directory (`--directory DIR` to put them elsewhere).
 """
 
 from pathlib import Path
 
 import yaml
 
-configfile: "config/defaults.yaml"
+BASE = Path(workflow.basedir)
+
+
+configfile: BASE / "config" / "defaults.yaml"
+
 
 SCALE = config.get("scale", "mini")
-_scale_file = Path("config/scales") / f"{SCALE}.yaml"
+_scale_file = BASE / "config" / "scales" / f"{SCALE}.yaml"
 if not _scale_file.exists():
     raise ValueError(f"unknown scale {SCALE!r}: no {_scale_file} (choose mini, smoke or paper)")
-with open(_scale_file) as _fh:
-    _scale_cfg = yaml.safe_load(_fh) or {}
 # Scale values fill in what the command line did not set.
-for _key, _value in _scale_cfg.items():
+for _key, _value in (yaml.safe_load(_scale_file.read_text()) or {}).items():
     config.setdefault(_key, _value)
 
 # Each rules file appends the final outputs it owns; `snakemake` with no target builds them all.
@@ -32,6 +35,19 @@ rule all:
 include: "workflow/rules/common.smk"
 
 
-for _rules in sorted(Path("workflow/rules").glob("*.smk")):
+for _rules in sorted((BASE / "workflow" / "rules").glob("*.smk")):
     if _rules.name != "common.smk":
+
         include: str(_rules)
+
+
+onstart:
+    # Missing data or weights stop the run with one line per problem before any job starts.
+    # (`onstart` never runs in a dry run, so `-n` needs no data.)
+    from pipeline.data import check_data_sources
+
+    _problems = check_data_sources(config)
+    if _problems:
+        for _line in _problems:
+            print(f"error: {_line}", file=sys.stderr)
+        raise SystemExit(1)
