@@ -41,13 +41,13 @@ def stage_resource(stage, key, default):
     return get
 
 
-def launcher(stage):
-    """`python` for one process, `torchrun` for several GPUs (the SLURM job's GPUs)."""
+def launcher(stage, module):
+    """`python -m MODULE` for one process; torchrun over the job's GPUs for several (`--` ends torchrun's flags)."""
     def get(wildcards):
         gpus = int(protocol_of(wildcards.run)["resources"][stage].get("gpu", 0))
         if gpus > 1:
-            return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus}"
-        return PY
+            return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m {module} --"
+        return f"{PY} -m {module}"
     return get
 
 

@@ -36,7 +36,7 @@ rule sample:
     log:
         "work/logs/sample/{run}/step{step}/{tag}.log",
     params:
-        launcher=launcher("sample"),
+        launcher=launcher("sample", "pipeline.sample"),
         sampler=sampler_args,
         batch=lambda wc: protocol_of(wc.run)["sample_batch"],
     threads: 1
@@ -47,7 +47,7 @@ rule sample:
         mem_mb=stage_resource("sample", "mem_mb", 2000),
         runtime=stage_resource("sample", "runtime", "30m"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m pipeline.sample --ckpt {input.ckpt} {params.sampler}"
+        "OMP_NUM_THREADS={threads} {params.launcher} --ckpt {input.ckpt} {params.sampler}"
         " --batch-size {params.batch} --latents-index {input.latents} --out {output}"
         " --shard-dir work/samples/{wildcards.run}/step{wildcards.step}/{wildcards.tag}.shards > {log} 2>&1"
 

@@ -36,7 +36,7 @@ rule train_segment:
     log:
         "work/logs/train/{run}/step{step}.log",
     params:
-        launcher=launcher("train"),
+        launcher=launcher("train", "pipeline.train"),
         start=lambda wc: REG.previous_milestone(wc.run, int(wc.step)) or 0,
         init=lambda wc, input: f"--init {input.init[0]}" if input.init else "",
     threads: 1
@@ -47,7 +47,9 @@ rule train_segment:
         mem_mb=stage_resource("train", "mem_mb", 2000),
         runtime=stage_resource("train", "runtime", "30m"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m pipeline.train --run-config {input.run_config}"
+        "OMP_NUM_THREADS={threads} {params.launcher} --run-config {input.run_config}"
         " --start {params.start} --stop {wildcards.step} {params.init} --out {output}"
         " --rolling-dir work/runs/{wildcards.run}/rolling --log-dir work/runs/{wildcards.run}/log"
+        # Under SLURM, stop cleanly (exit 75, rolling checkpoint) before the job's time limit; the retry resumes.
+        ' $([ -n "${{SLURM_JOB_ID:-}}" ] && echo --time-budget-minutes {resources.runtime})'
         " > {log} 2>&1"
