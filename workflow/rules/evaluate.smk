@@ -117,3 +117,26 @@ rule inception_weights:
         "test -f '{params.source}' || {{ echo 'error: Inception weights not found at {params.source}"
         " (set extractor.weights in config/scales/paper.yaml to torch-fidelity inception-v3-compat weights)' >&2;"
         " exit 1; }}; ln -sfn \"$(realpath '{params.source}')\" {output}"
+
+
+rule grids:
+    """Figs. 8-10: sample grids of FasterDiT at 1000k (scaled), cfg 4.0, for the paper's classes."""
+    input:
+        ckpt=f"work/runs/{GRID['run_id']}/ckpt/step{GRID['step']}.pt",
+        latents=f"{REG.runs[GRID['run_id']]['latents']}/index.json",
+    output:
+        "paper_figures/fig8.png",
+    log:
+        "work/logs/grids.log",
+    params:
+        classes=" ".join(map(str, GRID["classes"])),
+        sampler=(f"--sampler {GRID['sampler']['kind']}"
+                 + (f" --steps {GRID['sampler']['steps']}" if "steps" in GRID["sampler"] else "")
+                 + (f" --atol {GRID['sampler']['atol']} --rtol {GRID['sampler']['rtol']}" if "atol" in GRID["sampler"] else "")),
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} -m pipeline.sample_grid --ckpt {input.ckpt} --classes {params.classes}"
+        " --per-class {GRID[per_class]} --cfg-scale {GRID[cfg]} {params.sampler} --seed {GRID[seed]}"
+        " --latents-index {input.latents} --out {output} > {log} 2>&1"
+
+
+ALL_TARGETS.append("paper_figures/fig8.png")
