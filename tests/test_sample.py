@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from models.dopri5 import dopri5_per_sample, guided_velocity
 from models.samplers import SamplerConfig, sample
 from models.schedules import get_schedule
 from pipeline.checkpoints import save_checkpoint
@@ -22,8 +23,6 @@ from pipeline.runconfig import build_network
 from pipeline.sample import (
     FixedBatchNetwork,
     build_session,
-    dopri5_per_sample,
-    guided_velocity,
     main,
     sample_labels,
     sample_noise,

@@ -81,8 +81,8 @@ ALL_TARGETS.extend(
 rule audit:
     input:
         tables=[f"results/{name}.csv" for name in ("fig1", "fig2", "fig4", "fig5", "fig6", "fig7", "table1", "table2", "table3")],
-        claims="config/claims.yaml",
-        fig3="config/figures/fig3.yaml",
+        claims=BASE / "config" / "claims.yaml",
+        fig3=BASE / "config" / "figures" / "fig3.yaml",
     output:
         "results/audit.csv",
     localrule: True

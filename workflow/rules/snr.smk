@@ -24,7 +24,7 @@ def _fig3_best_std_results(wildcards):
 
 rule fig3:
     input:
-        code=["models/snr.py", "models/schedules.py", "models/timesteps.py", "pipeline/figures/fig3.py"],
+        code=[BASE / f for f in ("models/snr.py", "models/schedules.py", "models/timesteps.py", "pipeline/figures/fig3.py")],
         best_std_results=_fig3_best_std_results,
     output:
         figures=FIG3_FIGURES,
