@@ -82,12 +82,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--k", type=int, default=ADM_PR_NEIGHBOURHOOD, help="P/R neighbourhood (ADM: 3)")
     parser.add_argument("--pr-block-size", type=int, default=ADM_PR_BLOCK_SIZE)
     args = parser.parse_args(argv)
-    batch_size = args.batch_size or DEFAULT_BATCH_SIZE[args.extractor]
-    extractor = build_extractor(args.extractor, args.weights, args.device)
-    result = evaluate_npz(args.reference, args.samples, extractor, batch_size, args.split_size, args.k,
-                          args.pr_block_size, args.device)
+    return score_npz(args.reference, args.samples, args.out, args.extractor, args.weights, args.batch_size,
+                     args.device, args.split_size, args.k, args.pr_block_size)
+
+
+def score_npz(reference: str | os.PathLike, samples: str | os.PathLike, out: str | os.PathLike,
+              extractor: str = "inception", weights: str | None = None, batch_size: int | None = None,
+              device: str | None = None, split_size: int = ADM_IS_SPLIT_SIZE, k: int = ADM_PR_NEIGHBOURHOOD,
+              pr_block_size: int = ADM_PR_BLOCK_SIZE) -> dict[str, Any]:
+    """Score ``samples`` against ``reference``, print ADM's five lines and write the metrics JSON atomically."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = {"reference": str(reference), "samples": str(samples), "extractor": extractor, "weights": weights,
+                "batch_size": batch_size, "device": device, "split_size": split_size, "k": k,
+                "pr_block_size": pr_block_size}
+    batch_size = batch_size or DEFAULT_BATCH_SIZE[extractor]
+    result = evaluate_npz(reference, samples, build_extractor(extractor, weights, device), batch_size, split_size,
+                          k, pr_block_size, device)
     print_adm_summary(result["metrics"])
-    atomic_write_json(Path(args.out), {**result, "provenance": provenance(vars(args), None)})
+    atomic_write_json(Path(out), {**result, "provenance": provenance(settings, None)})
     return result
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -60,3 +62,29 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
     }
     atomic_write_json(out, result)
     return result
+
+
+def cells_to_json(cells: Sequence[Cell]) -> str:
+    """The specs of a cell's seeds as JSON (what the ``cell`` rule hands to :func:`main`)."""
+    return json.dumps([asdict(c) for c in cells], sort_keys=True)
+
+
+def cells_from_json(text: str) -> list[Cell]:
+    return [Cell(**{**spec, "metrics": tuple(spec["metrics"])}) for spec in json.loads(text)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cells", description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", required=True, help="JSON list of the cell's per-seed specs")
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics JSON per seed, in spec order")
+    parser.add_argument("--scale", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    record = write_cell(cells_from_json(args.specs), args.metrics, args.out, args.scale)
+    print(f"cell {record['experiment']}/{record['cell']}: " + ", ".join(
+        f"{m} {s['mean']:.4g}" for m, s in record["summary"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

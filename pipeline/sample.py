@@ -667,6 +667,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     parser.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    scoring = parser.add_argument_group("scoring (optional): evaluate the npz in the same process")
+    scoring.add_argument("--metrics-out", type=Path, default=None, help="write ADM metrics of the npz here")
+    scoring.add_argument("--reference", type=Path, default=None, help="reference npz for --metrics-out")
+    scoring.add_argument("--extractor", choices=("inception", "digits"), default="inception")
+    scoring.add_argument("--extractor-weights", default=None)
     return parser
 
 
@@ -683,11 +688,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_classes=args.num_classes, device=args.device, shard_dir=args.shard_dir,
         shard_size=args.shard_size, keep_shards=args.keep_shards, tf32=args.tf32, progress=args.progress,
     )
-    if "nfe" in summary:
+    if "nfe" in summary:  # rank 0, after the merge
         nfe = summary["nfe"]
         print(f"wrote {args.out}: {summary['num_samples']} samples, NFE mean {nfe['mean']:.1f} "
               f"(min {nfe['min']}, max {nfe['max']}), world {summary['world_size']}, "
               f"{summary['seconds']:.1f} s", file=sys.stderr)
+        if args.metrics_out is not None:
+            from eval.evaluate import score_npz
+
+            if args.reference is None:
+                raise SystemExit("error: --metrics-out needs --reference")
+            score_npz(args.reference, args.out, args.metrics_out, args.extractor, args.extractor_weights,
+                      device=None if args.device == "auto" else args.device)
     return 0
 
 

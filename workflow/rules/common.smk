@@ -1,5 +1,6 @@
 # Shared by every rule file: the registry expanded for this scale, and path helpers.
 # Included first by the Snakefile.
+import json
 import re
 import sys
 

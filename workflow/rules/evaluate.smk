@@ -1,9 +1,12 @@
-# Sampling, metrics and cells.
+# Sampling + metrics (one job per sample set) and cells.
 # work/samples/<run>/step<N>/<tag>.npz     ADM sample batch (arr_0 uint8 NHWC, arr_1 labels) + .json sidecar
 # work/metrics/<run>/step<N>/<tag>.json    FID / sFID / IS / precision / recall with every setting
+#                                          (`python -m eval.evaluate REF NPZ` re-scores any npz by hand)
 # results/cells/<experiment>/<cell>.json   one table entry or figure point: metrics of every seed, the
 #                                          paper's value, provenance. Delete one and re-run its target
 #                                          to re-run only that cell.
+
+from pipeline.cells import cells_to_json
 
 EXTRACTOR = config["extractor"]
 EXTRACTOR_WEIGHTS = "work/extractors/digits-classifier.pt" if EXTRACTOR["kind"] == "digits" \
@@ -28,17 +31,23 @@ def sampler_args(wildcards):
 
 
 rule sample:
+    """Sample a milestone checkpoint into an ADM npz and score it in the same process (one torch start-up)."""
     input:
         ckpt="work/runs/{run}/ckpt/step{step}.pt",
         latents=latents_index,
+        reference=metrics_reference,
+        extractor=EXTRACTOR_WEIGHTS,
     output:
-        "work/samples/{run}/step{step}/{tag}.npz",
+        samples="work/samples/{run}/step{step}/{tag}.npz",
+        metrics="work/metrics/{run}/step{step}/{tag}.json",
     log:
         "work/logs/sample/{run}/step{step}/{tag}.log",
     params:
         launcher=launcher("sample", "pipeline.sample"),
         sampler=sampler_args,
         batch=lambda wc: protocol_of(wc.run)["sample_batch"],
+        micro=lambda wc: protocol_of(wc.run)["sample_micro_batch"],
+        kind=EXTRACTOR["kind"],
     threads: 1
     resources:
         gpu=stage_resource("sample", "gpu", 0),
@@ -48,31 +57,10 @@ rule sample:
         runtime=stage_resource("sample", "runtime", "30m"),
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} --ckpt {input.ckpt} {params.sampler}"
-        " --batch-size {params.batch} --latents-index {input.latents} --out {output}"
-        " --shard-dir work/samples/{wildcards.run}/step{wildcards.step}/{wildcards.tag}.shards > {log} 2>&1"
-
-
-rule metrics:
-    input:
-        samples="work/samples/{run}/step{step}/{tag}.npz",
-        reference=metrics_reference,
-        extractor=EXTRACTOR_WEIGHTS,
-    output:
-        "work/metrics/{run}/step{step}/{tag}.json",
-    log:
-        "work/logs/metrics/{run}/step{step}/{tag}.log",
-    params:
-        kind=EXTRACTOR["kind"],
-    threads: 1
-    resources:
-        gpu=stage_resource("metrics", "gpu", 0),
-        nodes=stage_resource("metrics", "nodes", 1),
-        cpus_per_task=stage_resource("metrics", "cpus_per_task", 1),
-        mem_mb=stage_resource("metrics", "mem_mb", 2000),
-        runtime=stage_resource("metrics", "runtime", "30m"),
-    shell:
-        "OMP_NUM_THREADS={threads} {PY} -m eval.evaluate {input.reference} {input.samples}"
-        " --extractor {params.kind} --weights {input.extractor} --out {output} > {log} 2>&1"
+        " --batch-size {params.batch} --micro-batch {params.micro} --latents-index {input.latents}"
+        " --out {output.samples} --shard-dir work/samples/{wildcards.run}/step{wildcards.step}/{wildcards.tag}.shards"
+        " --metrics-out {output.metrics} --reference {input.reference} --extractor {params.kind}"
+        " --extractor-weights {input.extractor} > {log} 2>&1"
 
 
 def cell_specs(wildcards):
@@ -87,11 +75,11 @@ rule cell:
         lambda wc: [c.metrics_path for c in cell_specs(wc)],
     output:
         "results/cells/{experiment}/{cell}.json",
+    params:
+        specs=lambda wc: cells_to_json(cell_specs(wc)),
     localrule: True
-    run:
-        from pipeline.cells import write_cell
-
-        write_cell(cell_specs(wildcards), list(input), output[0], scale=config["scale_name"])
+    shell:
+        "{PY} -m pipeline.cells --specs {params.specs:q} --metrics {input} --scale {config[scale_name]} --out {output}"
 
 
 rule digits_extractor:
@@ -130,12 +118,14 @@ rule grids:
         "work/logs/grids.log",
     params:
         classes=" ".join(map(str, GRID["classes"])),
+        micro=REG.protocols[REG.run_protocol[GRID["run_id"]]]["sample_micro_batch"],
         sampler=(f"--sampler {GRID['sampler']['kind']}"
                  + (f" --steps {GRID['sampler']['steps']}" if "steps" in GRID["sampler"] else "")
                  + (f" --atol {GRID['sampler']['atol']} --rtol {GRID['sampler']['rtol']}" if "atol" in GRID["sampler"] else "")),
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m pipeline.sample_grid --ckpt {input.ckpt} --classes {params.classes}"
         " --per-class {GRID[per_class]} --cfg-scale {GRID[cfg]} {params.sampler} --seed {GRID[seed]}"
+        " --micro-batch {params.micro}"
         " --latents-index {input.latents} --out {output} > {log} 2>&1"
 
 

@@ -1,5 +1,6 @@
 # Training: one job per segment between consecutive milestones of a run.
-# work/runs/<run>/run.json            the recipe (pipeline.runconfig keys), written from the registry
+# work/runs/<run>/run.json            the recipe (pipeline.runconfig keys), written from the registry by
+#                                     each segment job (identical every time: the run id hashes it)
 # work/runs/<run>/ckpt/step<N>.pt     milestone checkpoints (segment k+1 starts from segment k's)
 # work/runs/<run>/rolling/            undeclared: rolling checkpoints survive failures and retries
 # work/runs/<run>/log/                train.jsonl and loss.png
@@ -10,25 +11,8 @@ def previous_checkpoint(wildcards):
     return [] if prev is None else [f"work/runs/{wildcards.run}/ckpt/step{prev}.pt"]
 
 
-def train_threads(wildcards):
-    return int(protocol_of(wildcards.run)["resources"]["train"].get("threads", 1))
-
-
-rule run_config:
-    output:
-        "work/runs/{run}/run.json",
-    params:
-        run=lambda wc: REG.runs[wc.run],
-    localrule: True
-    run:
-        from pipeline.io import atomic_write_json
-
-        atomic_write_json(output[0], params.run)
-
-
 rule train_segment:
     input:
-        run_config="work/runs/{run}/run.json",
         latents=latents_index,
         init=previous_checkpoint,
     output:
@@ -37,6 +21,7 @@ rule train_segment:
         "work/logs/train/{run}/step{step}.log",
     params:
         launcher=launcher("train", "pipeline.train"),
+        run_json=lambda wc: json.dumps(REG.runs[wc.run], sort_keys=True),
         start=lambda wc: REG.previous_milestone(wc.run, int(wc.step)) or 0,
         init=lambda wc, input: f"--init {input.init[0]}" if input.init else "",
     threads: 1
@@ -47,7 +32,9 @@ rule train_segment:
         mem_mb=stage_resource("train", "mem_mb", 2000),
         runtime=stage_resource("train", "runtime", "30m"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} --run-config {input.run_config}"
+        "mkdir -p work/runs/{wildcards.run} && printf '%s\\n' {params.run_json:q} > work/runs/{wildcards.run}/run.json.tmp"
+        " && mv work/runs/{wildcards.run}/run.json.tmp work/runs/{wildcards.run}/run.json"
+        " && OMP_NUM_THREADS={threads} {params.launcher} --run-config work/runs/{wildcards.run}/run.json"
         " --start {params.start} --stop {wildcards.step} {params.init} --out {output}"
         " --rolling-dir work/runs/{wildcards.run}/rolling --log-dir work/runs/{wildcards.run}/log"
         # Under SLURM, stop cleanly (exit 75, rolling checkpoint) before the job's time limit; the retry resumes.
