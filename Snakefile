@@ -23,6 +23,9 @@ if not _scale_file.exists():
 for _key, _value in (yaml.safe_load(_scale_file.read_text()) or {}).items():
     config.setdefault(_key, _value)
 
+report: "workflow/report/workflow.rst"
+
+
 # Each rules file appends the final outputs it owns; `snakemake` with no target builds them all.
 ALL_TARGETS = []
 

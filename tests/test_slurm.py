@@ -351,3 +351,61 @@ def test_smoke_scale_training_sbatch_line_has_no_gpu(tmp_path: Path) -> None:
     flags = jobs["train"]["sbatch"].split()
     assert not [f for f in flags if f.startswith(("--gpus", "--gres"))]
     assert "--cpus-per-task=1" in flags and flags[flags.index("-t") + 1] == "5"
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness's own workflow
+
+
+def real_preview(tmp_path: Path, *args: str) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, str(PREVIEW), "results/table1.csv", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path), "--workflow-profile", "none", "--profile", "slurm", *args],
+        cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_harness_paper_scale_sbatch_lines(tmp_path: Path) -> None:
+    """Table 1 at paper scale: every training segment and sampling job is one 8-GPU task on one node."""
+    jobs = real_preview(tmp_path, "--config", "scale=paper")
+    train = [j for j in jobs if j["rule"] == "train_segment"]
+    sample = [j for j in jobs if j["rule"] == "sample"]
+    assert len(train) == 40 and len(sample) == 4
+    for job in train + sample:
+        flags = job["sbatch"].split()
+        assert "--gpus=8" in flags and "--nodes=1" in flags
+        assert not [f for f in flags if f.startswith(("--ntasks", "--gres", "--cpus-per-gpu"))]
+        assert job["srun"].startswith("srun -n1 ") and "--gpus=8" in job["srun"]
+    flags = train[0]["sbatch"].split()
+    assert "--cpus-per-task=64" in flags and flags[flags.index("--mem") + 1] == "480000"
+    assert flags[flags.index("-t") + 1] == "2880"                   # 48 h per 50k-step segment
+    assert not [j for j in jobs if j["rule"] in ("cell", "table1")]  # light rules stay on the head node
+
+
+@pytest.fixture(scope="module")
+def harness_slurm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """results/table1.csv at smoke scale through --profile slurm on the local cluster."""
+    require_slurm()
+    workdir = tmp_path_factory.mktemp("harness_slurm")
+    cmd = [sys.executable, "-m", "snakemake", "results/table1.csv", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--workflow-profile", "none", "--profile", "slurm",
+           "--profile", str(CI_PROFILE.relative_to(REPO)), "--config", "scale=smoke"]
+    proc = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=900)
+    return workdir, proc.stdout + proc.stderr, proc.returncode
+
+
+@pytest.mark.slurm
+def test_harness_table1_through_sbatch(harness_slurm_run: tuple[Path, str, int]) -> None:
+    workdir, log, returncode = harness_slurm_run
+    assert returncode == 0, log[-5000:]
+    submissions = parse_submissions(log)
+    assert {"train_segment", "sample", "latents"} <= set(submissions), submissions
+    assert len(submissions["train_segment"]) == 5            # smoke milestones 150k..2000k, chained
+    ids = [i for ids in submissions.values() for i in ids]
+    states = sacct_jobs(ids)
+    assert set(states) == set(ids)
+    assert all(s["State"] == "COMPLETED" and s["Partition"] == "ci" for s in states.values())
+    table = (workdir / "results" / "table1.csv").read_text().splitlines()
+    assert table[0].startswith("# provenance: ") and len(table) > 5

@@ -113,7 +113,7 @@ rule grids:
         ckpt=f"work/runs/{GRID['run_id']}/ckpt/step{GRID['step']}.pt",
         latents=f"{REG.runs[GRID['run_id']]['latents']}/index.json",
     output:
-        "paper_figures/fig8.png",
+        report("paper_figures/fig8.png", category="fig8-10"),
     log:
         "work/logs/grids.log",
     params:

@@ -28,7 +28,7 @@ rule fig3:
         best_std_results=_fig3_best_std_results,
     output:
         figures=FIG3_FIGURES,
-        csv="results/fig3.csv",
+        csv=report("results/fig3.csv", category="fig3"),
         summary="results/fig3_summary.json",
     params:
         config_json=json.dumps(FIG3, sort_keys=True),
