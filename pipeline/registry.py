@@ -103,6 +103,15 @@ def sample_tag(sampler: Mapping[str, Any], cfg: float, num: int, seed: int) -> s
     return f"{kind}{steps}-cfg{cfg:g}-n{num}-seed{seed}"
 
 
+def parse_sample_tag(tag: str) -> dict[str, Any]:
+    """Inverse of :func:`sample_tag`: ``dopri5-cfg1.5-n1000-seed0`` -> kind, steps, cfg, n, seed."""
+    m = re.fullmatch(r"(ddpm|euler|heun|dopri5)(\d*)-cfg([0-9.]+)-n(\d+)-seed(\d+)", tag)
+    if not m:
+        raise ValueError(f"bad sample tag {tag!r}")
+    kind, steps, cfg, n, seed = m.groups()
+    return {"kind": kind, "steps": int(steps) if steps else 0, "cfg": float(cfg), "n": int(n), "seed": int(seed)}
+
+
 def _slug_value(value: Any) -> str:
     text = value if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")

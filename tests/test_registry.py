@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.registry import expand, load_experiments, run_slug, sample_tag
+from pipeline.registry import expand, load_experiments, parse_sample_tag, run_slug, sample_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +96,11 @@ def test_paper_scale_matches_tables_4_to_7():
 def test_sample_tag():
     assert sample_tag({"kind": "dopri5"}, 1.5, 50000, 0) == "dopri5-cfg1.5-n50000-seed0"
     assert sample_tag({"kind": "ddpm", "steps": 250}, 1.0, 10000, 0) == "ddpm250-cfg1-n10000-seed0"
+
+
+@pytest.mark.parametrize("sampler", [{"kind": "dopri5"}, {"kind": "ddpm", "steps": 250}, {"kind": "heun", "steps": 4},
+                                     {"kind": "euler", "steps": 100}])
+def test_sample_tag_round_trip(sampler):
+    parsed = parse_sample_tag(sample_tag(sampler, 1.5, 1000, 2))
+    assert parsed["kind"] == sampler["kind"] and parsed["steps"] == sampler.get("steps", 0)
+    assert (parsed["cfg"], parsed["n"], parsed["seed"]) == (1.5, 1000, 2)

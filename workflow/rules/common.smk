@@ -1,12 +1,11 @@
 # Shared by every rule file: the registry expanded for this scale, and path helpers.
 # Included first by the Snakefile.
 import json
-import re
 import sys
 
 from snakemake.utils import validate
 
-from pipeline.registry import EXPERIMENTS_FILE, load_experiments, load_registry
+from pipeline.registry import EXPERIMENTS_FILE, load_experiments, load_registry, parse_sample_tag
 
 validate(config, "../schemas/config.schema.yaml")
 validate(load_experiments(EXPERIMENTS_FILE), "../schemas/experiments.schema.yaml")
@@ -50,15 +49,6 @@ def launcher(stage, module):
             return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m {module} --"
         return f"{PY} -m {module}"
     return get
-
-
-def parse_tag(tag):
-    """`dopri5-cfg1.5-n1000-seed0` -> sampler kind/steps, cfg, n, seed."""
-    m = re.fullmatch(r"([a-z]+?)(\d*)-cfg([0-9.]+)-n(\d+)-seed(\d+)", tag)
-    if not m:
-        raise ValueError(f"bad sample tag {tag!r}")
-    kind, steps, cfg, n, seed = m.groups()
-    return {"kind": kind, "steps": int(steps) if steps else 0, "cfg": float(cfg), "n": int(n), "seed": int(seed)}
 
 
 def latents_index(wildcards):

@@ -20,7 +20,7 @@ def metrics_reference(wildcards):
 
 
 def sampler_args(wildcards):
-    spec = parse_tag(wildcards.tag)
+    spec = parse_sample_tag(wildcards.tag)
     sampler = protocol_of(wildcards.run)["samplers"]["ddpm" if spec["kind"] == "ddpm" else "flow"]
     args = f"--sampler {spec['kind']} --cfg-scale {spec['cfg']:g} --num-samples {spec['n']} --seed {spec['seed']}"
     if spec["kind"] != "dopri5":
