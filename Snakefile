@@ -49,7 +49,10 @@ onstart:
     # (`onstart` never runs in a dry run, so `-n` needs no data.)
     from pipeline.data import check_data_sources
 
-    _problems = check_data_sources(config)
+    # Only when a job will read data or weights (`results/budget.csv`, figures from existing cells need none).
+    _DATA_RULES = {"latents", "reference_npz", "dataset_npz", "inception_weights", "train_segment", "sample", "grids"}
+    _needs_data = any(job.rule.name in _DATA_RULES for job in workflow.dag.needrun_jobs())
+    _problems = check_data_sources(config) if _needs_data else []
     if _problems:
         for _line in _problems:
             print(f"error: {_line}", file=sys.stderr)

@@ -122,6 +122,9 @@ rule grids:
         sampler=(f"--sampler {GRID['sampler']['kind']}"
                  + (f" --steps {GRID['sampler']['steps']}" if "steps" in GRID["sampler"] else "")
                  + (f" --atol {GRID['sampler']['atol']} --rtol {GRID['sampler']['rtol']}" if "atol" in GRID["sampler"] else "")),
+    resources:
+        **{k: v for k, v in REG.protocols[REG.run_protocol[GRID["run_id"]]]["resources"]["sample"].items()
+           if k in ("gpu", "nodes", "cpus_per_task", "mem_mb", "runtime")},
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m pipeline.sample_grid --ckpt {input.ckpt} --classes {params.classes}"
         " --per-class {GRID[per_class]} --cfg-scale {GRID[cfg]} {params.sampler} --seed {GRID[seed]}"

@@ -1,0 +1,201 @@
+"""Compute budget (pipeline.budget): FLOP counts, job enumeration, totals, measured overrides, CSV output.
+
+No speed assertions: the budget is arithmetic on FLOP counts and throughput tables, checked for consistency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.budget import (
+    GRID_TARGET,
+    Budget,
+    budget_rows,
+    dit_paper_gflops,
+    estimate_budget,
+    load_scale_config,
+    load_throughput,
+    network_forward_flops,
+    write_budget_csv,
+)
+from pipeline.registry import load_registry
+
+torch.set_num_threads(1)
+
+# DiT paper, Table 4 (forward "Gflops" = 1e9 multiply-adds at 256 px, i.e. 32x32x4 latents).
+DIT_PAPER_GFLOPS = {"DiT-XL/2": 118.6, "DiT-L/2": 80.7, "DiT-B/2": 23.0, "DiT-S/2": 6.1}
+
+
+@pytest.fixture(scope="module")
+def smoke() -> tuple:
+    config = load_scale_config("smoke")
+    registry, grid = load_registry(config)
+    return registry, grid, config
+
+
+@pytest.fixture(scope="module")
+def table_budget(smoke: tuple) -> Budget:
+    registry, grid, config = smoke
+    return estimate_budget(registry, grid, config, load_throughput())
+
+
+@pytest.mark.parametrize("name", sorted(DIT_PAPER_GFLOPS))
+def test_dit_flops_match_the_dit_paper(name: str) -> None:
+    assert dit_paper_gflops(name) == pytest.approx(DIT_PAPER_GFLOPS[name], rel=0.03)
+
+
+def test_training_step_counts_three_forward_passes() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.runconfig import build_network
+
+    spec = {"name": "DiT-T/2", "input_size": 8, "in_channels": 1, "num_classes": 10, "learn_sigma": False}
+    with torch.device("meta"):
+        net = build_network(spec)
+        x, t, y = torch.zeros(4, 1, 8, 8), torch.zeros(4), torch.zeros(4, dtype=torch.int64)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        net(x, t, y).square().mean().backward()
+    assert counter.get_total_flops() == pytest.approx(3 * 4 * network_forward_flops(spec), rel=0.01)
+
+
+def test_every_smoke_job_is_estimated_once_and_positive(smoke: tuple, table_budget: Budget) -> None:
+    registry, _, _ = smoke
+    jobs = table_budget.jobs.values()
+    assert all(job.seconds > 0 and job.hours > 0 and job.items > 0 for job in jobs)
+    assert all(job.flops > 0 for job in jobs if job.kind != "latents")   # identity latents cost no FLOPs
+    train = [j for j in jobs if j.kind == "train"]
+    assert len(train) == sum(len(steps) for steps in registry.milestones.values())
+    assert sum(j.items for j in train) == sum(max(steps) for steps in registry.milestones.values())
+    samples = {j.key: j for j in jobs if j.kind == "sample"}
+    assert set(samples) == {c.samples_path for c in registry.all_cells()} | {GRID_TARGET}
+    # A sample job samples, then scores its npz (the sample rule); the grid is not scored.
+    scored = [j for k, j in samples.items() if k != GRID_TARGET]
+    assert all(j.sampling_seconds > 0 and j.scoring_seconds > 0 for j in scored)
+    assert samples[GRID_TARGET].scoring_seconds == 0
+    assert all(j.device == "cpu" and j.gpus == 0 for j in jobs)      # smoke jobs ask for no GPU
+
+
+def test_totals_are_the_sum_of_unique_jobs(table_budget: Budget) -> None:
+    rows = budget_rows(table_budget)
+    job_rows = [r for r in rows if r["row"] == "job"]
+    (total,) = [r for r in rows if r["row"] == "total"]
+    assert len(job_rows) == len(table_budget.jobs) == len({r["job"] for r in job_rows})
+    assert total["est_device_hours"] == pytest.approx(sum(r["est_device_hours"] for r in job_rows))
+    experiments = [r for r in rows if r["row"] == "experiment"]
+    # Attributed costs split shared jobs, so they add up to the total; standalone costs count shared jobs
+    # once per experiment, so they add up to at least the total.
+    assert sum(r["attributed_device_hours"] for r in experiments) == pytest.approx(total["est_device_hours"])
+    assert sum(r["est_device_hours"] for r in experiments) >= total["est_device_hours"]
+    for row in experiments:
+        assert row["attributed_device_hours"] <= row["est_device_hours"] + 1e-12
+        assert 0 < row["critical_path_hours"] <= row["est_hours_wall"] + 1e-12
+    kinds = [r for r in rows if r["row"] == "kind_total"]
+    assert sum(r["est_device_hours"] for r in kinds) == pytest.approx(total["est_device_hours"])
+
+
+def test_shared_runs_are_counted_once(table_budget: Budget) -> None:
+    """Fig. 1, Fig. 7 and Table 1 share the FasterDiT run: its segments appear once, used by all three."""
+    shared = [k for k in table_budget.jobs if len(table_budget.users(k)) > 1]
+    assert shared
+    users = {e for k in shared for e in table_budget.users(k)}
+    assert {"fig1", "fig7", "table1"} <= users
+
+
+def _measured_file(path: Path, run: dict, batch: int, it_s: float) -> Path:
+    section = {
+        "device": {"name": "testbox-cpu", "kind": "cpu", "peak_tflops": {"fp32": 0.1, "bf16": 0.4},
+                   "utilisation": {"fp32": 0.5, "bf16": 0.2}, "step_overhead_s": 0.01, "source": "test"},
+        "train": [{"network": run["network"], "batch": batch, "precision": "fp32", "it_s": it_s,
+                   "threads": 1}],
+        "sample": [],
+        "assumptions": {"identity_latents_images_per_s": 1000.0},
+    }
+    path.write_text(json.dumps({"budget_calibration": section}))
+    return path
+
+
+def test_a_measured_throughput_file_overrides_the_defaults(smoke: tuple, table_budget: Budget,
+                                                          tmp_path: Path) -> None:
+    registry, grid, config = smoke
+    run_id = next(iter(registry.runs))
+    run = registry.runs[run_id]
+    tp = load_throughput(measured=_measured_file(tmp_path / "m.json", run, int(run["global_batch"]), 2.0))
+    budget = estimate_budget(registry, grid, config, tp)
+    assert budget.cpu_device == "testbox-cpu"
+    for job in budget.jobs.values():
+        assert job.device == "testbox-cpu"
+        if job.kind == "train" and registry.runs[job.run]["network"] == run["network"] \
+                and registry.runs[job.run]["global_batch"] == run["global_batch"]:
+            assert job.method == "measured"
+            assert job.seconds == pytest.approx(job.items / 2.0)
+        elif job.kind == "train":
+            assert job.method == "flop-model"
+    latents = [j for j in budget.jobs.values() if j.kind == "latents"]
+    assert all(j.seconds == pytest.approx(j.items / 1000.0) for j in latents)
+    assert budget.total_device_hours() != pytest.approx(table_budget.total_device_hours())
+
+
+def test_calibration_reproduces_its_sources_and_checks_are_plausible() -> None:
+    tp = load_throughput()
+    points = {p["id"]: p for p in tp.calibration_points()}
+    assert set(points) == {e["id"] for e in tp.calibration}
+    for point in points.values():
+        assert 0 < point["utilisation"] <= 1
+        # Predicting the source's own configuration with the derived utilisation gives its it/s back.
+        predicted_it_s = point["utilisation"] * point["peak_tflops"] * point["gpus"] / point["step_tflop"]
+        assert predicted_it_s == pytest.approx(point["it_s"])
+    for check in tp.check_predictions():
+        assert 0.5 < check["ratio"] < 2.0, check
+
+
+def test_paper_scale_gpu_jobs_use_the_gpu_table(tmp_path: Path) -> None:
+    config = load_scale_config("paper")
+    registry, grid = load_registry(config)
+    budget = estimate_budget(registry, grid, config, load_throughput(), gpu="H100-SXM5")
+    train = [j for j in budget.jobs.values() if j.kind == "train"]
+    assert all(j.device == "H100-SXM5" and j.gpus == 8 and j.precision == "bf16" for j in train)
+    assert all(j.gpu_hours == pytest.approx(8 * j.hours) for j in train)
+    rows = write_budget_csv(budget, tmp_path / "budget.csv")
+    table = pd.read_csv(tmp_path / "budget.csv", comment="#")
+    assert len(table) == len(rows)
+    first = (tmp_path / "budget.csv").read_text().splitlines()[0]
+    assert first.startswith("# provenance: ") and json.loads(first[len("# provenance: "):])["config"]["scale"]
+    total = table[table["row"] == "total"].iloc[0]
+    job_sum = table[table["row"] == "job"]["est_gpu_hours"].sum()
+    assert math.isclose(total["est_gpu_hours"], job_sum, rel_tol=1e-4)
+
+
+def test_benchmark_calibration_block_is_readable_by_the_budget(smoke: tuple, tmp_path: Path) -> None:
+    """The block benchmarks.run_all writes (built here from fake measurements) feeds pipeline.budget."""
+    from benchmarks.common import Context
+    from benchmarks.run_all import budget_calibration
+
+    registry, grid, config = smoke
+    run = next(iter(registry.runs.values()))
+    ctx = Context(device=torch.device("cpu"), threads=1, scratch=tmp_path, peaks={"fp32": 1e11, "bf16": 4e11})
+    ctx.shared["train_entries"] = [
+        {"network": run["network"], "batch": run["global_batch"], "precision": "fp32", "it_s": 20.0,
+         "flops_per_step": 1e9, "fraction_of_peak": 0.05, "threads": 1},
+        {"network": {**run["network"], "name": "DiT-S/2"}, "batch": 8, "precision": "fp32", "it_s": 0.5,
+         "flops_per_step": 1e11, "fraction_of_peak": 0.5, "threads": 1},
+    ]
+    ctx.shared["sample_entries"] = [{"network": run["network"], "sample_forwards_s": 5000.0,
+                                     "sampler": "heun-4", "kind": "heun", "atol": None, "rtol": None,
+                                     "nfe_mean": 8.0}]
+    host = {"hostname": "testbox", "threads": 1}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"budget_calibration": budget_calibration(ctx, host, str(path))}))
+    tp = load_throughput(measured=path)
+    device = tp.devices["testbox-cpu"]
+    assert device.utilisation["fp32"] == pytest.approx(0.5)
+    assert device.step_overhead_s == pytest.approx(1 / 20.0 - 1e9 / (1e11 * 0.5))
+    budget = estimate_budget(registry, grid, config, tp)
+    methods = {j.method for j in budget.jobs.values() if j.kind in ("train", "sample")}
+    assert "measured" in methods
