@@ -45,7 +45,6 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from models.samplers import SAMPLERS, SamplerConfig, sample
 from models.schedules import Schedule
 from pipeline.autoencoders import Autoencoder, build_autoencoder
 from pipeline.checkpoints import load_network
+from pipeline.distributed import join_processes
 from pipeline.io import atomic_write, atomic_write_json, config_hash, derive_seed, provenance
 from pipeline.runconfig import build_schedule, input_multiplier
 
@@ -440,24 +440,7 @@ def setup_processes(device: str = "auto", timeout_s: float = 86_400.0) -> Proces
 
     The group is only used for barriers, with a long timeout: ranks with fewer shards wait for the others.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owns = False
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=dev if dev.type == "cuda" else None)
-        owns = True
-    if dist.is_initialized():
-        rank, world_size = dist.get_rank(), dist.get_world_size()
+    rank, world_size, dev, owns = join_processes(device, timeout_s)
     return Processes(rank, world_size, dev, owns)
 
 

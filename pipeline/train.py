@@ -59,6 +59,7 @@ from models.ema import make_ema, update_ema
 from models.losses import LossConfig, TrainingDraw, draw_training_randomness, training_losses
 from models.schedules import Schedule
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.distributed import join_processes
 from pipeline.io import config_hash, derive_seed, provenance
 from pipeline.runconfig import build_network, build_schedule, input_multiplier, loss_config, with_defaults
 from pipeline.train_log import (
@@ -106,23 +107,7 @@ class DistContext:
 
 def setup_distributed(device: str = "auto") -> DistContext:
     """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun) and join the process group (NCCL/gloo)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owns = False
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
-        owns = True
-    if dist.is_initialized():
-        rank, world_size = dist.get_rank(), dist.get_world_size()
+    rank, world_size, dev, owns = join_processes(device)
     return DistContext(rank=rank, world_size=world_size, device=dev, owns_group=owns)
 
 
