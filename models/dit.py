@@ -15,11 +15,11 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.guidance import guided_forward
+from models.vit_layers import Attention, Mlp, PatchEmbed
 
 FREQUENCY_EMBEDDING_SIZE = 256
 MAX_PERIOD = 10000
@@ -108,7 +108,6 @@ class DiTBlock(nn.Module):
             in_features=hidden_size,
             hidden_features=int(hidden_size * mlp_ratio),
             act_layer=partial(nn.GELU, approximate="tanh"),
-            drop=0.0,
         )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 

@@ -30,7 +30,7 @@ Differences on purpose:
 * U-ViT has no learned-σ head: ``learn_sigma=True`` is refused;
 * ``forward_with_cfg`` goes through ``models.guidance.guided_forward``; labels are never dropped here;
 * weight initialisation can draw from an explicit ``torch.Generator`` (``init_generator``);
-* attention runs through ``timm``'s ``Attention`` (same ``qkv``/``proj`` layout as U-ViT's).
+* attention is ``models.vit_layers.Attention`` (U-ViT's ``qkv``/``proj`` layout).
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.dit import timestep_embedding
 from models.guidance import guided_forward
 from models.unet import default_init_
+from models.vit_layers import Attention, Mlp, PatchEmbed
 
 POS_EMBED_STD = 0.02
 LINEAR_STD = 0.02

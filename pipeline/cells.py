@@ -11,8 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 from pipeline.io import atomic_write_json, provenance
 from pipeline.registry import Cell
 
@@ -26,6 +24,8 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, flo
     mean = sum(values) / n
     if n < 2:
         return {"mean": mean, "low": None, "high": None, "n": n}
+    from scipy import stats  # here, not at the top: most cells have one seed and scipy.stats takes a second
+
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}

@@ -22,7 +22,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _TRACKED_PACKAGES = (
-    "torch", "torchvision", "numpy", "scipy", "timm", "diffusers", "torchdiffeq",
+    "torch", "torchvision", "numpy", "scipy", "diffusers", "torchdiffeq",
     "torch-fidelity", "scikit-learn", "snakemake", "fasterdit-harness",
 )
 

@@ -73,12 +73,12 @@ def plot_loss_curve(
     records: Sequence[Mapping[str, Any]], png_path: str | os.PathLike, title: str | None = None
 ) -> None:
     """Write the loss terms (total, MSE, direction, VB; log scale) against step as a PNG (atomic)."""
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: its import costs a second per job
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for term in PLOTTED_TERMS:
         points = [(r["step"], r[term]) for r in records if isinstance(r.get(term), int | float)]
         points = [(s, v) for s, v in points if math.isfinite(v) and v > 0]
@@ -97,4 +97,3 @@ def plot_loss_curve(
     fig.tight_layout()
     with atomic_write(png_path) as handle:
         fig.savefig(handle, format="png")
-    plt.close(fig)
