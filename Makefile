@@ -7,7 +7,7 @@ CORES ?= 2
 SCALE ?= mini
 BIN = $(VENV)/bin
 
-.PHONY: run test lint env clean-outputs
+.PHONY: run test lint env snapshot clean-outputs
 
 env: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ lint: env
 
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+
+# Copy the outputs of the last run into the committed snapshot the README shows (results/<scale>/,
+# paper_figures/<scale>/). DAG outputs themselves are git-ignored so a fresh checkout regenerates them.
+snapshot:
+	rm -rf results/$(SCALE) paper_figures/$(SCALE)
+	mkdir -p results/$(SCALE) paper_figures/$(SCALE)
+	cp -r results/*.csv results/*.json results/cells results/$(SCALE)/
+	cp paper_figures/*.png paper_figures/*.pdf paper_figures/$(SCALE)/
 
 clean-outputs:
 	rm -rf work .snakemake

@@ -46,9 +46,10 @@ PAPER_NETWORKS: dict[str, tuple[str, ...]] = {
     "table3": ("U-ViT-L/2", "LDM-UNet"),
 }
 STAND_INS: dict[str, dict[str, str]] = {
-    **{name: {"mini": "DiT-Mini/2", "smoke": "DiT-T/2"} for name in ("DiT-XL/2", "DiT-L/2", "DiT-B/2")},
-    "U-ViT-L/2": {"mini": "U-ViT-Mini/2", "smoke": "U-ViT-T/2"},
-    "LDM-UNet": {"mini": "LDM-UNet-Mini", "smoke": "LDM-UNet-T"},
+    **{name: {"mini": "DiT-T/4", "smoke": "DiT-T/2"} for name in ("DiT-XL/2", "DiT-B/2")},
+    "DiT-L/2": {"mini": "DiT-Mini/4", "smoke": "DiT-Mini/2"},
+    "U-ViT-L/2": {"mini": "U-ViT-T/2", "smoke": "U-ViT-T/2"},
+    "LDM-UNet": {"mini": "LDM-UNet-T", "smoke": "LDM-UNet-T"},
 }
 
 

@@ -304,11 +304,16 @@ def build_model(run: dict[str, Any]) -> nn.Module:
 
 
 def build_optimizer(run: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (paper Tables 4–5: lr 1e-4, weight decay 0, betas 0.9/0.999)."""
+    """AdamW over the trainable parameters (paper Tables 4–5: lr 1e-4, weight decay 0, betas 0.9/0.999).
+
+    PyTorch's fused kernel (same update, one kernel for all parameters; on CPU ~4x faster than the
+    per-parameter loop) whenever every parameter is a floating-point tensor on a device it supports.
+    """
     opt = run["optimizer"]
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
-                             betas=tuple(float(b) for b in opt["betas"]))
+                             betas=tuple(float(b) for b in opt["betas"]), fused=fused or None)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -493,6 +498,7 @@ def train(
     in_memory: bool | None = None,
     num_workers: int = DEFAULT_NUM_WORKERS,
     progress: bool | None = None,
+    loss_plot: bool = True,
 ) -> dict[str, Any]:
     """Train ``run_config`` from step ``start`` to ``stop`` and write the milestone checkpoint ``out``.
 
@@ -517,7 +523,7 @@ def train(
                 rolling_every_steps=rolling_every_steps, rolling_every_minutes=rolling_every_minutes,
                 budget=Budget(time_budget_minutes, budget_margin_minutes), log_every=log_every,
                 check_every=check_every, compile=compile, in_memory=in_memory, num_workers=num_workers,
-                progress=progress,
+                progress=progress, loss_plot=loss_plot,
             )
     finally:
         if ctx.owns_group:
@@ -528,7 +534,7 @@ def _train_segment(
     run: dict[str, Any], start: int, stop: int, out: Path, init: Path | None, rolling: Path, log_dir: Path,
     ctx: DistContext, signals: StopSignals, *, rolling_every_steps: int | None,
     rolling_every_minutes: float | None, budget: Budget, log_every: int, check_every: int, compile: bool,
-    in_memory: bool | None, num_workers: int, progress: bool | None,
+    in_memory: bool | None, num_workers: int, progress: bool | None, loss_plot: bool,
 ) -> dict[str, Any]:
     device, seed, global_batch = ctx.device, int(run["seed"]), int(run["global_batch"])
     part = rank_slice(global_batch, ctx.world_size, ctx.rank)
@@ -646,7 +652,7 @@ def _train_segment(
         save(out, step)
         if ctx.is_main and last_good == rolling:  # only our own rolling save (the milestone supersedes it)
             rolling.unlink(missing_ok=True)
-    if ctx.is_main:
+    if ctx.is_main and loss_plot:
         plot_loss_curve(read_log(log_path), plot_path, title=f"{run['network']['name']} — {run_hash(run)}")
     _barrier(ctx)  # exit together: torchrun stops the other workers as soon as one exits non-zero
     seconds = time.monotonic() - segment_began
@@ -752,6 +758,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-memory", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--loss-plot", action=argparse.BooleanOptionalAction, default=True,
+                        help="redraw log-dir/loss.png at the end of the segment (about a second: matplotlib)")
     return parser
 
 
@@ -774,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time_budget_minutes=args.time_budget_minutes, budget_margin_minutes=args.budget_margin_minutes,
             log_every=args.log_every, check_every=args.check_every, device=args.device, compile=args.compile,
             in_memory=in_memory, num_workers=args.num_workers, progress=args.progress,
+            loss_plot=args.loss_plot,
         )
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

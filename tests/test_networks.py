@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -552,3 +554,15 @@ def test_training_steps_reduce_loss_on_digits(name):
         final = training_losses(net, x, y, draw, schedule, cfg)["loss"].mean().item()
     assert all(torch.isfinite(torch.tensor(losses)))
     assert final < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("scale", ["mini", "smoke"])
+def test_scale_configs_use_the_registered_stand_ins(scale):
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "config" / "scales"
+    paper = yaml.safe_load((root / "paper.yaml").read_text())["protocols"]
+    small = yaml.safe_load((root / f"{scale}.yaml").read_text())["protocols"]
+    for name, protocol in small.items():
+        expected = network_for_scale(paper[name]["network"]["name"], scale)
+        assert protocol["network"]["name"] == expected, (scale, name)

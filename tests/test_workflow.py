@@ -84,3 +84,21 @@ def test_deleting_one_cell_reruns_only_that_cell(smoke_run):
     proc = snakemake(smoke_run, target, "--cores", "1", "--config", "scale=smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (smoke_run / target).exists()
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_dag_outputs_are_not_committed_but_snapshots_are():
+    """A fresh checkout must regenerate the figures: Snakemake skips jobs whose outputs exist."""
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
+
+    for output in ("results/table1.csv", "results/audit.csv", "results/cells/table1/x.json",
+                   "paper_figures/fig2.png", "results/budget.csv"):
+        assert ignored(output), output
+    for snapshot in ("results/mini/table1.csv", "results/mini/cells/table1/x.json", "paper_figures/mini/fig2.png",
+                     "results/paper/budget.csv"):
+        assert not ignored(snapshot), snapshot
+    tracked = subprocess.run(["git", "ls-files", "results", "paper_figures"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert not [path for path in tracked if ignored(path)], "a DAG output is committed"

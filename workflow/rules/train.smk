@@ -24,6 +24,7 @@ rule train_segment:
         run_json=lambda wc: json.dumps(REG.runs[wc.run], sort_keys=True),
         start=lambda wc: REG.previous_milestone(wc.run, int(wc.step)) or 0,
         init=lambda wc, input: f"--init {input.init[0]}" if input.init else "",
+        plot=lambda wc: "" if protocol_of(wc.run).get("loss_plot", True) else "--no-loss-plot",
     threads: 1
     resources:
         gpu=stage_resource("train", "gpu", 0),
@@ -36,7 +37,7 @@ rule train_segment:
         " && mv work/runs/{wildcards.run}/run.json.tmp work/runs/{wildcards.run}/run.json"
         " && OMP_NUM_THREADS={threads} {params.launcher} --run-config work/runs/{wildcards.run}/run.json"
         " --start {params.start} --stop {wildcards.step} {params.init} --out {output}"
-        " --rolling-dir work/runs/{wildcards.run}/rolling --log-dir work/runs/{wildcards.run}/log"
+        " --rolling-dir work/runs/{wildcards.run}/rolling --log-dir work/runs/{wildcards.run}/log {params.plot}"
         # Under SLURM, stop cleanly (exit 75, rolling checkpoint) before the job's time limit; the retry resumes.
         ' $([ -n "${{SLURM_JOB_ID:-}}" ] && echo --time-budget-minutes {resources.runtime})'
         " > {log} 2>&1"
