@@ -32,7 +32,7 @@ snapshot:
 	rm -rf results/$(SCALE) paper_figures/$(SCALE)
 	mkdir -p results/$(SCALE) paper_figures/$(SCALE)
 	cp -r results/*.csv results/*.json results/cells results/$(SCALE)/
-	cp paper_figures/*.png paper_figures/*.pdf paper_figures/$(SCALE)/
+	cp paper_figures/*.png paper_figures/*.pdf paper_figures/*.json paper_figures/$(SCALE)/
 
 clean-outputs:
 	rm -rf work .snakemake

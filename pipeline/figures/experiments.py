@@ -55,15 +55,18 @@ def _by(records: Sequence[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[
 
 
 def _note(ax: Any, lines: Sequence[str]) -> None:
+    """The paper's numbers for a panel, as a caption under its x label (never over the data)."""
     if lines:
-        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7,
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+        ax.annotate("\n".join(lines), xy=(0.5, 0), xycoords="axes fraction", xytext=(0, -38),
+                    textcoords="offset points", ha="center", va="top", fontsize=7, color="0.3")
 
 
 def _scale_note(fig: Any, records: Sequence[dict[str, Any]]) -> None:
+    """Lay the figure out, leaving a strip at the bottom for the scale note (never over the axis labels)."""
     scale = records[0]["scale"] if records else "?"
-    fig.text(0.99, 0.005, f"scale: {scale} (paper numbers are ImageNet; compare trends, not values)",
-             ha="right", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.text(0.99, 0.01, f"scale: {scale} (paper numbers are ImageNet; compare trends, not values)",
+             ha="right", va="bottom", fontsize=7, color="0.4")
 
 
 def render_fig1(spec: dict, records: Sequence[dict]) -> Any:
@@ -108,9 +111,8 @@ def render_schedule_panels(spec: dict, records: Sequence[dict], line_key: str | 
             notes.append(f"paper: best FID {block['paper_best'][schedule]}")
         _note(ax, notes)
         if line_key:
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
     _scale_note(fig, records)
-    fig.tight_layout()
     return fig
 
 
@@ -128,9 +130,8 @@ def render_fig5(spec: dict, records: Sequence[dict]) -> Any:
             _curve(ax, lognorm, "v-prediction + lognorm(0, 1)", linestyle="--")
         _fid_axes(ax, f"({letter}) {PANEL_TITLES[schedule]}")
         _note(ax, [f"paper: FID range {ranges[k]} ({k.split('/')[1]})" for k in ranges if k.startswith(schedule)])
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     _scale_note(fig, records)
-    fig.tight_layout()
     return fig
 
 
@@ -152,7 +153,7 @@ def render_fig7(spec: dict, records: Sequence[dict]) -> Any:
     by_row: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_row[r["cell"].split("-")[0]].append(r)
-    for key, label in rows.items():
+    for row, (key, label) in enumerate(rows.items()):
         group = sorted(by_row.get(key, []), key=lambda r: r["spec"]["milestone"])
         if not group:
             continue
@@ -160,11 +161,12 @@ def render_fig7(spec: dict, records: Sequence[dict]) -> Any:
         ax.plot(xs, [_value(r)[0] for r in group], marker="o", label=label)
         for x, r in zip(xs, group):
             if "fid" in r["paper"]:
-                ax.annotate(f"{r['paper']['fid']}", (x, _value(r)[0]), fontsize=6, color="0.4",
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(f"{r['paper']['fid']}", (x, _value(r)[0]), fontsize=6, color=ax.lines[-1].get_color(),
+                            xytext=(6, -10 + 9 * row), textcoords="offset points")  # stacked: points may coincide
     ax.set_xlabel("training iterations (paper's k steps; scaled at small scales)")
     ax.set_ylabel("FID (reproduced)")
-    ax.set_title("(b) ablations for FasterDiT training (grey: paper's FID-50k)")
+    ax.set_title("(b) ablations for FasterDiT training (labels: paper's FID-50k)")
+    ax.margins(x=0.1, y=0.12)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _scale_note(fig, records)
