@@ -4,8 +4,8 @@ Runs the sampling stage's own code path (:class:`pipeline.sample.SamplingSession
 labels, fixed micro-batches of the mini scale's ``sample_micro_batch``, per-sample adaptive dopri5, identity
 decoding) on the mini scale:
 
-* flow samplers (dopri5 at atol 1e-4 / rtol 1e-3, Heun, Euler) with the DiT-T/2 FasterDiT checkpoint that
-  the train-vs-plain benchmark trains for 120 steps (raw weights: the EMA is still at its initial value);
+* flow samplers (dopri5 at atol 1e-4 / rtol 1e-3, Heun, Euler) with the mini FasterDiT checkpoint that
+  the train-vs-plain benchmark trains (``TRAIN_LONG`` steps) (raw weights: the EMA is still at its initial value);
 * DDPM ancestral sampling with a DiT-T/2 of the DiT baseline recipe (learned σ; the NFE is fixed, so random
   weights time it faithfully);
 * forward-only rates of the other mini networks, and of DiT-S/2 on a 32×32×4 latent plus the SD-VAE decoder
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import bench_train_vs_plain
 from benchmarks.common import Context, Result, network_spec, rate, timed
 
 NUM_SAMPLES = 250
@@ -55,7 +56,6 @@ def _flow_model(ctx: Context) -> tuple[torch.nn.Module, dict[str, Any], float]:
     from pipeline.runconfig import input_multiplier
 
     if "checkpoint" not in ctx.shared:
-        from benchmarks import bench_train_vs_plain
 
         bench_train_vs_plain.time_train_segments(ctx, bench_train_vs_plain.mini_fasterdit_run(
             bench_train_vs_plain.digits_latents(ctx)))
@@ -89,8 +89,9 @@ def sampler_runs(ctx: Context) -> list[dict[str, Any]]:
             "num_samples": NUM_SAMPLES, "micro_batch": micro, "seconds": seconds,
             "samples_s": NUM_SAMPLES / seconds,
             "nfe_mean": float(nfe.mean()), "nfe_min": float(nfe.min()), "nfe_max": float(nfe.max()),
-            "sample_forwards_s": float(nfe.sum()) / seconds, "weights": "trained 120 steps (raw)"
-            if spec["kind"] != "ddpm" else "random init (NFE does not depend on weights)",
+            "sample_forwards_s": float(nfe.sum()) / seconds,
+            "weights": (f"trained {bench_train_vs_plain.TRAIN_LONG} steps (raw)" if spec["kind"] != "ddpm"
+                        else "random init (NFE does not depend on weights)"),
             "atol": spec.get("atol"), "rtol": spec.get("rtol"),
         })
     return entries

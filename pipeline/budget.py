@@ -43,7 +43,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 THROUGHPUT_FILE = ROOT / "config" / "throughput.yaml"
-PRECISIONS = ("fp32", "tf32", "bf16")
 JOB_KINDS = ("latents", "train", "sample")
 GRID_EXPERIMENT = "grids"
 GRID_TARGET = "paper_figures/fig8.png"      # the grids rule's output (Figs. 8-10)
@@ -435,14 +434,16 @@ def _train_images(scale_cfg: Mapping[str, Any], protocol: Mapping[str, Any],
 def _reference_images(scale_cfg: Mapping[str, Any], protocol: Mapping[str, Any],
                       tp: Throughput) -> tuple[int, bool]:
     """(number of reference images whose features P/R needs, whether FID statistics come precomputed)."""
-    ref = scale_cfg["references"][protocol["reference"]]
-    if ref == "built":
-        from pipeline.data import DIGITS_NUM_REFERENCE
+    from pipeline.data import DIGITS_NUM_REFERENCE, reference_plan
 
-        return DIGITS_NUM_REFERENCE, False
-    if isinstance(ref, Mapping):
-        return int(ref.get("num", 10000)), False
-    return int(tp.assumptions.get("reference_images", {}).get("adm", 10000)), True
+    plan = reference_plan(scale_cfg, protocol["reference"])
+    assumed = int(tp.assumptions.get("reference_images", {}).get("adm", 10000))
+    if plan["source"] == "npz":
+        return assumed, True
+    if plan["num"] is not None:
+        return int(plan["num"]), False
+    # No count given: digits use their fixed split; an image folder is read whole (size unknown here).
+    return (DIGITS_NUM_REFERENCE if plan["source"] == "digits" else assumed), False
 
 
 class _Estimator:

@@ -61,7 +61,7 @@ def _note(ax: Any, lines: Sequence[str]) -> None:
                     textcoords="offset points", ha="center", va="top", fontsize=7, color="0.3")
 
 
-def _scale_note(fig: Any, records: Sequence[dict[str, Any]]) -> None:
+def _layout_with_scale_note(fig: Any, records: Sequence[dict[str, Any]]) -> None:
     """Lay the figure out, leaving a strip at the bottom for the scale note (never over the axis labels)."""
     scale = records[0]["scale"] if records else "?"
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -84,7 +84,7 @@ def render_fig1(spec: dict, records: Sequence[dict]) -> Any:
         t = right.table(cellText=table, colLabels=["cell", "steps", "paper", "reproduced"], loc="center")
         t.auto_set_font_size(False)
         t.set_fontsize(8)
-    _scale_note(fig, records)
+    _layout_with_scale_note(fig, records)
     return fig
 
 
@@ -112,7 +112,7 @@ def render_schedule_panels(spec: dict, records: Sequence[dict], line_key: str | 
         _note(ax, notes)
         if line_key:
             ax.legend(fontsize=7, loc="best")
-    _scale_note(fig, records)
+    _layout_with_scale_note(fig, records)
     return fig
 
 
@@ -131,7 +131,7 @@ def render_fig5(spec: dict, records: Sequence[dict]) -> Any:
         _fid_axes(ax, f"({letter}) {PANEL_TITLES[schedule]}")
         _note(ax, [f"paper: FID range {ranges[k]} ({k.split('/')[1]})" for k in ranges if k.startswith(schedule)])
         ax.legend(fontsize=7, loc="best")
-    _scale_note(fig, records)
+    _layout_with_scale_note(fig, records)
     return fig
 
 
@@ -143,7 +143,7 @@ def render_fig6(spec: dict, records: Sequence[dict]) -> Any:
     if best is not None:
         ax.axvline(best, color="0.5", linestyle=":", label=f"paper's best std ≈ {best}")
     ax.legend(fontsize=7)
-    _scale_note(fig, records)
+    _layout_with_scale_note(fig, records)
     return fig
 
 
@@ -169,7 +169,7 @@ def render_fig7(spec: dict, records: Sequence[dict]) -> Any:
     ax.margins(x=0.1, y=0.12)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _scale_note(fig, records)
+    _layout_with_scale_note(fig, records)
     return fig
 
 

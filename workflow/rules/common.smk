@@ -25,19 +25,10 @@ def protocol_of(run_id):
     return REG.protocols[REG.run_protocol[run_id]]
 
 
-def resources_of(stage):
-    """Resource block of a stage (train/sample/metrics/latents) for the run in the wildcards."""
+def stage_resource(stage, key, default, run_id=None):
+    """One resource of a stage for the run in the wildcards (or the fixed ``run_id``), else ``default``."""
     def get(wildcards, attempt=1):
-        return protocol_of(wildcards.run)["resources"][stage]
-    return get
-
-
-def stage_resource(stage, key, default):
-    def get(wildcards, attempt=1):
-        value = protocol_of(wildcards.run)["resources"][stage].get(key, default)
-        if key == "runtime" and isinstance(value, str) and attempt > 1:
-            return value  # the profile's retries resubmit with the same limit; resume makes progress
-        return value
+        return protocol_of(run_id or wildcards.run)["resources"][stage].get(key, default)
     return get
 
 

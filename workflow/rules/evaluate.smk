@@ -118,13 +118,16 @@ rule grids:
         "work/logs/grids.log",
     params:
         classes=" ".join(map(str, GRID["classes"])),
-        micro=REG.protocols[REG.run_protocol[GRID["run_id"]]]["sample_micro_batch"],
+        micro=protocol_of(GRID["run_id"])["sample_micro_batch"],
         sampler=(f"--sampler {GRID['sampler']['kind']}"
                  + (f" --steps {GRID['sampler']['steps']}" if "steps" in GRID["sampler"] else "")
                  + (f" --atol {GRID['sampler']['atol']} --rtol {GRID['sampler']['rtol']}" if "atol" in GRID["sampler"] else "")),
     resources:
-        **{k: v for k, v in REG.protocols[REG.run_protocol[GRID["run_id"]]]["resources"]["sample"].items()
-           if k in ("gpu", "nodes", "cpus_per_task", "mem_mb", "runtime")},
+        gpu=stage_resource("sample", "gpu", 0, GRID["run_id"]),
+        nodes=stage_resource("sample", "nodes", 1, GRID["run_id"]),
+        cpus_per_task=stage_resource("sample", "cpus_per_task", 1, GRID["run_id"]),
+        mem_mb=stage_resource("sample", "mem_mb", 2000, GRID["run_id"]),
+        runtime=stage_resource("sample", "runtime", "30m", GRID["run_id"]),
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m pipeline.sample_grid --ckpt {input.ckpt} --classes {params.classes}"
         " --per-class {GRID[per_class]} --cfg-scale {GRID[cfg]} {params.sampler} --seed {GRID[seed]}"
