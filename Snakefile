@@ -7,7 +7,7 @@ Outputs go to the working directory (`--directory DIR` to put them elsewhere).
 
 from pathlib import Path
 
-import yaml
+from pipeline.config import load_scale
 
 BASE = Path(workflow.basedir)
 
@@ -15,13 +15,12 @@ BASE = Path(workflow.basedir)
 configfile: BASE / "config" / "defaults.yaml"
 
 
-SCALE = config.get("scale", "mini")
-_scale_file = BASE / "config" / "scales" / f"{SCALE}.yaml"
-if not _scale_file.exists():
-    raise ValueError(f"unknown scale {SCALE!r}: no {_scale_file} (choose mini, smoke or paper)")
-# Scale values fill in what the command line did not set.
-for _key, _value in (yaml.safe_load(_scale_file.read_text()) or {}).items():
-    config.setdefault(_key, _value)
+# config/defaults.yaml + config/protocols.yaml + config/scales/<scale>.yaml, merged and schema-checked by
+# pipeline.config.load_scale; what --config / --configfile set (in `config` now) replaces the scale's keys.
+_loaded = load_scale(config.get("scale", "mini"), overrides=config)
+config.clear()
+config.update(_loaded)
+SCALE = config["scale"]
 
 report: "workflow/report/workflow.rst"
 
@@ -47,7 +46,7 @@ for _rules in sorted((BASE / "workflow" / "rules").glob("*.smk")):
 onstart:
     # Missing data or weights stop the run with one line per problem before any job starts.
     # (`onstart` never runs in a dry run, so `-n` needs no data.)
-    from pipeline.data import check_data_sources
+    from pipeline.data_config import check_data_sources
 
     # Only when a job will read data or weights (`results/budget.csv`, figures from existing cells need none).
     _DATA_RULES = {"latents", "reference_npz", "dataset_npz", "inception_weights", "train_segment", "sample", "grids"}

@@ -29,29 +29,23 @@ from benchmarks.common import Context, Result, peak_memory, rate, timed
 
 REFERENCE = 10_000
 SIZES = (10_000, 50_000)
-POOL, SPATIAL, LOGITS = 2048, 2023, 1008
+POOL, SPATIAL, LOGITS = 2048, 2023, 1008   # ADM's sizes (pipeline.budget.inception_feature_dims: pool, spatial)
 INCEPTION_BATCH = 8
 
 
 def random_inception_weights(folder: Path) -> Path:
     """A state dict of torch-fidelity's Inception-v3 architecture, PyTorch's default random initialisation."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from pipeline.budget import inception_architecture
 
-    class _Architecture(FeatureExtractorInceptionV3):
-        def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
-            return None
-
-    empty = folder / "empty.pt"
-    torch.save({}, empty)
     torch.manual_seed(0)
-    net = _Architecture("inception-v3-compat", ["2048", "logits_unbiased"],
-                        feature_extractor_weights_path=str(empty))
+    net = inception_architecture(folder)
     path = folder / "inception-random.pth"
     torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, path)
     return path
 
 
 def inception_rate(ctx: Context) -> dict[str, Any]:
+    """Images/s of :class:`eval.features.InceptionExtractor` (random weights) on 256-px images."""
     from eval.features import InceptionExtractor
     from pipeline.budget import inception_flops
 

@@ -21,6 +21,7 @@ import torch
 
 from benchmarks import bench_train_vs_plain
 from benchmarks.common import Context, Result, network_spec, rate, timed
+from core.precision import matmul_tf32
 
 NUM_SAMPLES = 250
 MINI_SAMPLERS = (
@@ -65,7 +66,7 @@ def _flow_model(ctx: Context) -> tuple[torch.nn.Module, dict[str, Any], float]:
 
 def sampler_runs(ctx: Context) -> list[dict[str, Any]]:
     from models.samplers import SamplerConfig
-    from pipeline.train import build_model
+    from pipeline.runconfig import RunConfig
 
     entries = []
     net, run, multiplier = _flow_model(ctx)
@@ -74,7 +75,7 @@ def sampler_runs(ctx: Context) -> list[dict[str, Any]]:
     ddpm_run = {"network": network_spec("DiT-T/2", 8, 1, True, class_dropout_prob=0.1),
                 "schedule": "ddpm-linear", "prediction": "noise", "seed": 0}
     cases.append(({"kind": "ddpm", "steps": DDPM_STEPS, "label": f"ddpm-{DDPM_STEPS} (learned σ)"},
-                  build_model(ddpm_run), ddpm_run, 1.0))
+                  RunConfig.from_json(ddpm_run).build_network(), ddpm_run, 1.0))
     indices = list(range(NUM_SAMPLES))
     micro = mini_micro_batch()
     for spec, model, model_run, mult in cases:
@@ -132,13 +133,9 @@ def vae_decode_seconds(ctx: Context, resolution: int = 128) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> Result:
-    result = Result("sampling")
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True   # pipeline.sample's default (--tf32)
-    try:
-        return _run(ctx, result)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    """Every sampling measurement, with TF32 matmuls on (pipeline.sample's default, ``--tf32``)."""
+    with matmul_tf32(True):
+        return _run(ctx, Result("sampling"))
 
 
 def _run(ctx: Context, result: Result) -> Result:

@@ -1,8 +1,8 @@
 """Training-step throughput: it/s, images/s and achieved FLOP/s as a fraction of the measured matmul peak.
 
-Each configuration runs the harness's own step (:func:`pipeline.train.train_step` with
-:func:`pipeline.train.draw_step`: forward, Algorithm 2 loss, backward, AdamW, EMA) on random latents of the
-right shape. By default: every distinct (network, batch, precision) of the mini-scale protocols, plus
+Each configuration runs the harness's own step (:func:`pipeline.train_step.train_step` with
+:func:`pipeline.train_data.draw_step`: forward, Algorithm 2 loss, backward, AdamW, EMA) on random latents of
+the right shape. By default: every distinct (network, batch, precision) of the mini-scale protocols, plus
 DiT-S/2 on 32×32×4 latents (the 256-px geometry) in fp32 and bf16 autocast (CPU) or DiT-XL/2 / DiT-B/2 at
 256 px (GPU). ``--train-config NAME:INPUT:CHANNELS:BATCH:PRECISION`` adds any other.
 """
@@ -15,11 +15,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Context, Result, network_spec, rate
+from benchmarks.common import Context, Result, budget_device, network_spec, rate
+from core.precision import matmul_tf32
 
 
 @dataclass
 class TrainConfig:
+    """One timed training configuration: a label, its run config and how long to time it."""
+
     label: str
     run: dict[str, Any]          # a run config (pipeline.runconfig keys; no latents needed)
     min_seconds: float = 1.5
@@ -77,6 +80,7 @@ def parse_config(text: str) -> TrainConfig:
 
 
 def default_configs(ctx: Context) -> list[TrainConfig]:
+    """The configurations timed by default on this device type (see the module docstring)."""
     if ctx.device.type == "cuda":
         texts = ("DiT-XL/2:32:4:32:bf16", "DiT-XL/2:32:4:32:tf32", "DiT-B/2:32:4:64:bf16")
         return [parse_config(t) for t in texts]
@@ -89,43 +93,41 @@ def default_configs(ctx: Context) -> list[TrainConfig]:
 
 
 def precision_key(ctx: Context, run: dict[str, Any]) -> str:
-    if run["precision"] == "bf16":
-        return "bf16"
-    return "tf32" if ctx.device.type == "cuda" and run.get("tf32") else "fp32"
+    """The budget's precision key of ``run`` on this machine (:meth:`pipeline.budget.Device.precision_key`)."""
+    return budget_device(ctx).precision_key(run["precision"], bool(run.get("tf32")))
 
 
 def measure(ctx: Context, config: TrainConfig) -> dict[str, Any]:
     """Time the harness's training step on one configuration."""
     from models.ema import make_ema
     from pipeline.budget import train_flops_per_image
-    from pipeline.runconfig import build_schedule, loss_config, with_defaults
-    from pipeline.train import build_model, build_optimizer, draw_step, train_step
+    from pipeline.runconfig import RunConfig
+    from pipeline.train_data import draw_step
+    from pipeline.train_state import build_optimizer
+    from pipeline.train_step import train_step
 
-    run = with_defaults(config.run)
+    run_cfg = RunConfig.from_json(config.run)
+    run = run_cfg.to_json()
     net_spec = run["network"]
-    model = build_model(run).to(ctx.device).train()
+    model = run_cfg.build_network().to(ctx.device).train()
     ema = make_ema(model)
-    opt = build_optimizer(run, model)
-    schedule, loss_cfg = build_schedule(run), loss_config(run)
+    opt = build_optimizer(run_cfg, model)
+    schedule, loss_cfg = run_cfg.build_schedule(), run_cfg.loss_config()
     batch = int(run["global_batch"])
     shape = (batch, model.in_channels, model.input_size, model.input_size)
     generator = torch.Generator(device=ctx.device).manual_seed(0)
     x = torch.randn(shape, generator=generator, device=ctx.device)
     y = torch.randint(0, model.num_classes, (batch,), generator=generator, device=ctx.device)
     step = [0]
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = bool(run.get("tf32")) and ctx.device.type == "cuda"
 
     def one_step() -> None:
         draw, _ = draw_step(0, step[0], shape, schedule, loss_cfg, False, ctx.device)
-        train_step(model, model, ema, opt, x, y, draw, schedule, loss_cfg, run)
+        train_step(model, model, ema, opt, x, y, draw, schedule, loss_cfg, run_cfg)
         step[0] += 1
 
-    try:
+    with matmul_tf32(bool(run.get("tf32")) and ctx.device.type == "cuda"):
         warmup = 2 if config.max_steps > 10 else 1
         timing = rate(ctx, one_step, config.min_seconds, config.max_steps, warmup=warmup)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
     key = precision_key(ctx, run)
     flops = batch * train_flops_per_image(net_spec, bool(net_spec.get("grad_checkpointing", False)))
     achieved = flops / timing["median_s"]
@@ -142,6 +144,7 @@ def measure(ctx: Context, config: TrainConfig) -> dict[str, Any]:
 
 
 def run(ctx: Context, extra: list[str] | None = None) -> Result:
+    """Time the default configurations plus ``extra`` (``--train-config`` texts)."""
     result = Result("train_step")
     configs = default_configs(ctx) + [parse_config(t) for t in (extra or [])]
     entries = [measure(ctx, config) for config in configs]

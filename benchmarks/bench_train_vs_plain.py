@@ -4,9 +4,10 @@ Both train the same mini-scale FasterDiT run (the mini scale's network on the em
 v-prediction, lognorm(0, 1) timesteps, direction loss, class dropout 0.1, AdamW, grad-norm clip 1.0,
 EMA) from the same initial weights:
 
-* harness: the engine's per-step work — :class:`pipeline.train.InMemoryBatches` over
-  :class:`pipeline.train.DataOrder`, :func:`pipeline.train.draw_step`, :func:`pipeline.train.scaled_inputs`,
-  :func:`pipeline.train.train_step` (Algorithm 2 loss, backward, clip, AdamW, EMA) and the loss-statistics
+* harness: the engine's per-step work — :class:`pipeline.train_data.InMemoryBatches` over
+  :class:`pipeline.train_data.DataOrder`, :func:`pipeline.train_data.draw_step`,
+  :func:`pipeline.train_data.scaled_inputs`, :func:`pipeline.train_step.train_step` (Algorithm 2 loss,
+  backward, clip, AdamW, EMA) and the loss-statistics
   accumulation of :func:`pipeline.train.train`;
 * plain: twenty lines of textbook PyTorch (random batch indices, logit-normal t, noise, label drop,
   interpolation, MSE + cosine direction loss, backward, clip, AdamW, an EMA loop).
@@ -67,31 +68,33 @@ class HarnessLoop:
 
     def __init__(self, run: dict[str, Any], device: torch.device):
         from models.ema import make_ema
-        from pipeline.runconfig import build_schedule, input_multiplier, loss_config, with_defaults
-        from pipeline.train import DataOrder, InMemoryBatches, build_model, build_optimizer, open_latents
+        from pipeline.runconfig import RunConfig
+        from pipeline.train_data import DataOrder, InMemoryBatches, open_latents
+        from pipeline.train_state import build_optimizer
 
-        self.run = with_defaults(run)
+        self.run = RunConfig.from_json(run)
         self.device = device
-        data = open_latents(self.run["latents"])
-        self.model = build_model(self.run).to(device).train()
+        data = open_latents(self.run.latents)
+        self.model = self.run.build_network().to(device).train()
         self.ema = make_ema(self.model)
         self.opt = build_optimizer(self.run, self.model)
-        self.schedule, self.cfg = build_schedule(self.run), loss_config(self.run)
-        self.multiplier = input_multiplier(self.run, data.data_std)
-        self.batch = int(self.run["global_batch"])
+        self.schedule, self.cfg = self.run.build_schedule(), self.run.loss_config()
+        self.multiplier = self.run.input_multiplier(data.data_std)
+        self.batch = self.run.global_batch
         self.shape = (self.batch, *data.latent_shape)
         self.source = InMemoryBatches(data, device, False)
-        self.order = DataOrder(int(self.run["seed"]), data.num_items, self.batch)
+        self.order = DataOrder(self.run.seed, data.num_items, self.batch)
         self.step = 0
         self.sums: dict[str, torch.Tensor] = {}
         self._batches = self.source.batches(self.order, 0, 10**9, slice(0, self.batch))
 
     def steps(self, n: int) -> None:
-        from pipeline.train import draw_step, scaled_inputs, train_step
+        from pipeline.train_data import draw_step, scaled_inputs
+        from pipeline.train_step import train_step
 
         for _ in range(n):
             latents, labels, flipped = next(self._batches)
-            draw, flips = draw_step(int(self.run["seed"]), self.step, self.shape, self.schedule, self.cfg,
+            draw, flips = draw_step(self.run.seed, self.step, self.shape, self.schedule, self.cfg,
                                     False, self.device)
             x = scaled_inputs(latents, flipped, flips, self.multiplier)
             stats = train_step(self.model, self.model, self.ema, self.opt, x, labels, draw, self.schedule,
@@ -105,15 +108,14 @@ class PlainLoop:
     """The same training written as a plain PyTorch loop."""
 
     def __init__(self, run: dict[str, Any], device: torch.device):
-        from pipeline.latents import load_latents
-        from pipeline.runconfig import input_multiplier, with_defaults
-        from pipeline.train import build_model
+        from pipeline.latent_reader import load_latents
+        from pipeline.runconfig import RunConfig, input_multiplier, with_defaults
 
         run = with_defaults(run)
         latents, labels, _, index = load_latents(run["latents"])
         self.x_all = (latents * input_multiplier(run, float(index["data_std"]))).to(device)
         self.y_all = labels.to(device)
-        self.model = build_model(run).to(device).train()
+        self.model = RunConfig.from_json(run).build_network().to(device).train()
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         opt = run["optimizer"]
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]),

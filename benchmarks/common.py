@@ -10,9 +10,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from pipeline.budget import Device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +120,22 @@ def peak_memory(ctx: Context, interval_s: float = 0.002) -> Iterator[dict[str, f
         thread.join()
         peak[0] = max(peak[0], _rss_bytes())
         stats.update(peak_mb=peak[0] / 2**20, extra_mb=(peak[0] - base) / 2**20, kind="process RSS")
+
+
+def precisions(ctx: Context) -> dict[str, tuple[torch.dtype, bool]]:
+    """pipeline.budget's precision keys this machine runs: key → (dtype, TF32 matmuls on); tf32 on CUDA only."""
+    keys = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False)}
+    if ctx.device.type == "cuda":
+        keys["tf32"] = (torch.float32, True)
+    return keys
+
+
+def budget_device(ctx: Context) -> Device:
+    """This machine as a :class:`pipeline.budget.Device` (peaks measured so far, 0 where not yet measured)."""
+    from pipeline.budget import Device
+
+    return Device(name="this machine", kind="gpu" if ctx.device.type == "cuda" else "cpu",
+                  peak_tflops={key: ctx.peaks.get(key, 0.0) / 1e12 for key in precisions(ctx)})
 
 
 def network_spec(name: str, input_size: int, in_channels: int, learn_sigma: bool,

@@ -43,7 +43,7 @@ from benchmarks import (  # noqa: E402
     bench_train,
     bench_train_vs_plain,
 )
-from benchmarks.common import ROOT, Context, Result  # noqa: E402
+from benchmarks.common import ROOT, Context, Result, budget_device  # noqa: E402
 
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "matmul": bench_matmul.run,
@@ -92,7 +92,7 @@ def budget_calibration(ctx: Context, host: dict[str, Any], source: str) -> dict[
                                                                  * utilisation[e["precision"]]))
                  for e in train if e["precision"] in utilisation and e["precision"] in ctx.peaks
                  and e["flops_per_step"] < largest_flops]
-    sample_precision = "tf32" if ctx.device.type == "cuda" else "fp32"
+    sample_precision = budget_device(ctx).precision_key("fp32", tf32=True)  # pipeline.sample: fp32, TF32 on
     samples = [{"network": e["network"], "precision": sample_precision,
                 "sample_forwards_per_s": e["sample_forwards_s"],
                 "from": e.get("sampler", "forward-only rate")}
@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.io import atomic_write_json, provenance
+    from core.io import atomic_write_json, provenance
 
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.io import atomic_save_torch, atomic_write_json, provenance
+from core.io import atomic_save_torch, atomic_write_json, provenance
 
 FORMAT_TAG = "fasterdit-digits-classifier/1"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from core.io import atomic_write_json, provenance
 from eval.features import DEFAULT_BATCH_SIZE, FeatureExtractor, build_extractor, extract_npz
 from eval.metrics import (
     ADM_FID_EPS,
@@ -27,7 +28,6 @@ from eval.metrics import (
     compute_all_metrics,
     load_reference,
 )
-from pipeline.io import atomic_write_json, provenance
 
 
 def evaluate_npz(reference_path: str | os.PathLike, samples_path: str | os.PathLike,

@@ -8,16 +8,17 @@ Weights are read from local files only; nothing is ever downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from core.npz import iter_npz_rows
+from core.precision import tf32_disabled
 
 # ADM keeps the first 7 of the 192 channels of TF `mixed_6/conv` (= Mixed_6d.branch1x1): 17·17·7 = 2023.
 INCEPTION_SPATIAL_CHANNELS = 7
@@ -65,29 +66,6 @@ def flatten_spatial_hwc(feature_map: torch.Tensor, channels: int | None) -> torc
     if channels is not None:
         channels_last = channels_last[..., :channels]
     return channels_last.reshape(feature_map.shape[0], -1)
-
-
-@contextlib.contextmanager
-def tf32_disabled() -> Iterator[None]:
-    """Full-precision float32 convolutions and matmuls (TF32 off) inside the block; restores the flags after."""
-    backends = torch.backends
-    if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):
-        targets = [backends.cudnn.conv, backends.cuda.matmul]
-        saved = [target.fp32_precision for target in targets]
-        for target in targets:
-            target.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            for target, value in zip(targets, saved):
-                target.fp32_precision = value
-    else:  # PyTorch < 2.9: legacy flags
-        saved_flags = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
-        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved_flags
 
 
 def _check_images(images: np.ndarray, channels: int) -> np.ndarray:
@@ -238,34 +216,7 @@ def build_extractor(kind: str, weights_path: str | os.PathLike | None = None,
     raise ValueError(f"unknown extractor {kind!r}; expected 'inception' or 'digits'")
 
 
-def iter_npz_images(path: str | os.PathLike, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
-    """Stream ``key`` of an npz in batches of rows without loading the whole array (ADM files reach 10 GB)."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        shape, fortran_order, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0(member))
-        if fortran_order or dtype.hasobject or len(shape) == 0:
-            raise ValueError(f"{path}:{key} must be a C-ordered numeric array")
-        row_shape = shape[1:]
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
-        for start in range(0, shape[0], batch_size):
-            count = min(batch_size, shape[0] - start)
-            buffer = member.read(count * row_bytes)
-            if len(buffer) != count * row_bytes:
-                raise ValueError(f"{path}:{key} is truncated")
-            yield np.frombuffer(bytearray(buffer), dtype=dtype).reshape(count, *row_shape)
-
-
-def npz_array_shape(path: str | os.PathLike, key: str = "arr_0") -> tuple[int, ...]:
-    """Shape of one array of an npz, read from its header only."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        shape, _, _ = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0(member))
-    return tuple(shape)
-
-
 def extract_npz(extractor: FeatureExtractor, path: str | os.PathLike, batch_size: int,
                 key: str = "arr_0") -> dict[str, np.ndarray]:
     """Features of the images stored under ``key`` in an ADM npz, streamed batch by batch."""
-    return extract_from_batches(extractor, iter_npz_images(path, batch_size, key))
+    return extract_from_batches(extractor, iter_npz_rows(path, batch_size, key))

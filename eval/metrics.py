@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from eval.features import FeatureExtractor, extract_npz, npz_array_shape, tf32_disabled
+from core.npz import npz_array_shape
+from core.precision import tf32_disabled
+from eval.features import FeatureExtractor, extract_npz
 
 ADM_IS_SPLIT_SIZE = 5000
 ADM_PR_NEIGHBOURHOOD = 3

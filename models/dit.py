@@ -3,7 +3,7 @@
 Architecture, sizes and initialisation follow DiT's released ``models.py`` (read, not copied); module
 names match its state-dict keys so an official checkpoint would load. Differences on purpose:
 
-* the label embedder never drops labels itself (``models.guidance.drop_labels`` does, in the loss);
+* the label embedder never drops labels itself (``models.losses.training_losses`` applies the drops);
 * ``forward_with_cfg`` guides every prediction channel unless ``legacy_channels=3`` is asked for;
 * weight initialisation can draw from an explicit ``torch.Generator`` (``init_generator``).
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.guidance import guided_forward
+from models.guidance import GuidedNetwork
 from models.vit_layers import Attention, Mlp, PatchEmbed
 
 FREQUENCY_EMBEDDING_SIZE = 256
@@ -137,7 +137,7 @@ def _xavier_uniform_(weight: torch.Tensor, generator: torch.Generator | None) ->
     nn.init.xavier_uniform_(weight.view(weight.shape[0], -1), generator=generator)
 
 
-class DiT(nn.Module):
+class DiT(GuidedNetwork):
     """Diffusion transformer: ``net(x, t_model, y) -> (B, out_channels, H, W)`` (docs/conventions.md).
 
     ``pos_embed`` is a frozen ``nn.Parameter`` (as in DiT), so it counts in ``parameters()`` but
@@ -232,17 +232,6 @@ class DiT(nn.Module):
             else:
                 tokens = block(tokens, c)
         return self.unpatchify(self.final_layer(tokens, c))
-
-    def forward_with_cfg(
-        self,
-        x: torch.Tensor,
-        t_model: torch.Tensor,
-        y: torch.Tensor,
-        cfg_scale: float,
-        legacy_channels: int | None = None,
-    ) -> torch.Tensor:
-        """Classifier-free guided prediction; see ``models.guidance.guided_forward``."""
-        return guided_forward(self, x, t_model, y, cfg_scale, legacy_channels=legacy_channels)
 
 
 # (depth, hidden_size, num_heads). Official sizes from the DiT paper / code; the last two are ours.

@@ -1,24 +1,9 @@
-"""Classifier-free guidance and class dropout, shared by every network."""
+"""Classifier-free guidance shared by every network (class dropout is drawn in `models.losses`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def drop_labels(
-    y: torch.Tensor, prob: float, num_classes: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Replace each label by the null class ``num_classes`` with probability ``prob``.
-
-    Training calls this with the run's own generator (never the global RNG), so the same labels are
-    dropped whatever the world size.
-    """
-    if prob <= 0:
-        return y
-    u = torch.rand(y.shape, generator=generator, device="cpu" if generator is None else generator.device)
-    drop = (u < prob).to(y.device)
-    return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
 def guided_forward(
@@ -46,3 +31,14 @@ def guided_forward(
     guided_channels = n_pred if legacy_channels is None else min(legacy_channels, n_pred)
     guided = uncond[:, :guided_channels] + scale * (cond[:, :guided_channels] - uncond[:, :guided_channels])
     return torch.cat([guided, cond[:, guided_channels:]], dim=1)
+
+
+class GuidedNetwork(nn.Module):
+    """Base of every network: ``forward_with_cfg`` (DiT's name) is :func:`guided_forward` on ``self``."""
+
+    def forward_with_cfg(
+        self, x: torch.Tensor, t_model: torch.Tensor, y: torch.Tensor, cfg_scale: float,
+        legacy_channels: int | None = None,
+    ) -> torch.Tensor:
+        """Classifier-free guided prediction; see :func:`guided_forward`."""
+        return guided_forward(self, x, t_model, y, cfg_scale, legacy_channels=legacy_channels)

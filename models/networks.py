@@ -39,17 +39,12 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     name: factory for registry in FAMILIES.values() for name, factory in registry.items()
 }
 
-# The paper's networks per table, and their CPU-scale stand-ins at the mini and smoke scales.
+# The paper's networks per table. What a scale trains in their place is the scale's config
+# (config/scales/<scale>.yaml `stand_ins.networks`; pipeline.config.network_for_scale / STAND_INS).
 PAPER_NETWORKS: dict[str, tuple[str, ...]] = {
     "table1": ("DiT-XL/2",),
     "table2": ("DiT-B/2", "DiT-L/2"),
     "table3": ("U-ViT-L/2", "LDM-UNet"),
-}
-STAND_INS: dict[str, dict[str, str]] = {
-    **{name: {"mini": "DiT-T/4", "smoke": "DiT-T/2"} for name in ("DiT-XL/2", "DiT-B/2")},
-    "DiT-L/2": {"mini": "DiT-Mini/4", "smoke": "DiT-Mini/2"},
-    "U-ViT-L/2": {"mini": "U-ViT-T/2", "smoke": "U-ViT-T/2"},
-    "LDM-UNet": {"mini": "LDM-UNet-T", "smoke": "LDM-UNet-T"},
 }
 
 
@@ -64,16 +59,6 @@ def family(name: str) -> str:
 def supports_learned_sigma(name: str) -> bool:
     """Whether the network can output learned-σ channels (``learn_sigma=True``)."""
     return LEARNED_SIGMA_SUPPORT[family(name)]
-
-
-def network_for_scale(name: str, scale: str) -> str:
-    """The network a scale trains in place of the paper's ``name`` (``paper`` keeps it)."""
-    if scale == "paper":
-        family(name)
-        return name
-    if name not in STAND_INS or scale not in STAND_INS[name]:
-        raise ValueError(f"no {scale!r} stand-in for {name!r}; known: {sorted(STAND_INS)}")
-    return STAND_INS[name][scale]
 
 
 def build(name: str, **kwargs) -> nn.Module:

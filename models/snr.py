@@ -184,15 +184,6 @@ def _logit_normal_cdf(t: Tensor, sampling: TimestepSampling) -> Tensor:
     return 0.5 * (1 + torch.erf((logit - sampling.mu) / (sampling.sigma * math.sqrt(2.0))))
 
 
-def discrete_timestep_probabilities(setting: SNRSetting) -> Tensor:
-    """Eq. 6 for a discrete schedule: ``p_k ∝ P_s(k)·f_l(t_k)``, normalised by the sum over the grid."""
-    schedule = setting.schedule
-    assert isinstance(schedule, DDPMSchedule)
-    t_grid = schedule.time_of_index(torch.arange(schedule.num_steps, dtype=_F64))
-    mass = step_probabilities(schedule, setting.sampling) * loss_weight(t_grid, setting.weight, schedule)
-    return mass / mass.sum()
-
-
 def _cell_of_time(t: Tensor, num_steps: int) -> Tensor:
     """Step ``k`` whose relaxation cell ``[1 − (k+1)/T, 1 − k/T]`` contains ``t``."""
     return torch.floor((1 - t) * num_steps).clamp(0, num_steps - 1).long()
@@ -266,6 +257,20 @@ def analytic_snr_pdf(y_db: Tensor, setting: SNRSetting) -> Tensor:
     density = combined_timestep_density(t_safe, setting) / slope.abs()
     ok = valid & torch.isfinite(density)
     return torch.where(ok, density, torch.zeros_like(density))
+
+
+def db_grid(lo: float, hi: float, step: float) -> np.ndarray:
+    """Evenly spaced lgSNR grid (dB) from ``lo`` to ``hi`` inclusive."""
+    if step <= 0 or hi <= lo:
+        raise ValueError("grid needs lo < hi and step > 0")
+    count = int(round((hi - lo) / step)) + 1
+    return lo + step * np.arange(count, dtype=np.float64)
+
+
+def bin_edges(grid_db: np.ndarray, step: float | None = None) -> np.ndarray:
+    """Bins of width ``step`` (default: the grid's spacing) centred on an even grid (Algorithm 1's histogram)."""
+    step = float(grid_db[1] - grid_db[0]) if step is None else float(step)
+    return np.concatenate([grid_db - step / 2, [grid_db[-1] + step / 2]])
 
 
 def bin_average(density: Callable[[Tensor], Tensor], edges: Tensor, points_per_bin: int = 64) -> Tensor:

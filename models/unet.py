@@ -39,6 +39,8 @@ Differences on purpose:
   being the null class of classifier-free guidance; labels are never dropped here;
 * ``learn_sigma=True`` doubles the output channels (as ADM's UNet does); LDM itself predicts ε only;
 * guidance through ``models.guidance.guided_forward``; gradient checkpointing per UNet stage.
+
+One file (~420 lines) on purpose, as LDM's ``openaimodel.py``: the blocks only make sense together.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.dit import timestep_embedding
-from models.guidance import guided_forward
+from models.guidance import GuidedNetwork
 
 NORM_GROUPS = 32
 
@@ -258,7 +260,7 @@ class ClassEmbedder(nn.Module):
         return self.embedding(y)[:, None]
 
 
-class LDMUNet(nn.Module):
+class LDMUNet(GuidedNetwork):
     """LDM's class-conditional UNet: ``net(x, t_model, y) -> (B, out_channels, H, W)``.
 
     Defaults are the published LDM-4 ImageNet model (``cin256-v2.yaml``), see the module docstring.
@@ -384,17 +386,6 @@ class LDMUNet(nn.Module):
         for stage in self.output_blocks:
             h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.out(h)
-
-    def forward_with_cfg(
-        self,
-        x: torch.Tensor,
-        t_model: torch.Tensor,
-        y: torch.Tensor,
-        cfg_scale: float,
-        legacy_channels: int | None = None,
-    ) -> torch.Tensor:
-        """Classifier-free guided prediction; see ``models.guidance.guided_forward``."""
-        return guided_forward(self, x, t_model, y, cfg_scale, legacy_channels=legacy_channels)
 
 
 # name → keyword arguments of LDMUNet. "LDM-UNet" is the published cin256-v2 model; Mini and T are

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.dit import timestep_embedding
-from models.guidance import guided_forward
+from models.guidance import GuidedNetwork
 from models.unet import default_init_
 from models.vit_layers import Attention, Mlp, PatchEmbed
 
@@ -68,7 +68,7 @@ class UViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class UViT(nn.Module):
+class UViT(GuidedNetwork):
     """U-ViT for class-conditional latents: ``net(x, t_model, y) -> (B, in_channels, H, W)``.
 
     Token order is ``[label, time, patch_0, …, patch_{N−1}]`` with a learned position embedding
@@ -181,17 +181,6 @@ class UViT(nn.Module):
             h = self._run(block, h, skips.pop())
         h = self.decoder_pred(self.norm(h))[:, self.extras :]
         return self.final_layer(self.unpatchify(h))
-
-    def forward_with_cfg(
-        self,
-        x: torch.Tensor,
-        t_model: torch.Tensor,
-        y: torch.Tensor,
-        cfg_scale: float,
-        legacy_channels: int | None = None,
-    ) -> torch.Tensor:
-        """Classifier-free guided prediction; see ``models.guidance.guided_forward``."""
-        return guided_forward(self, x, t_model, y, cfg_scale, legacy_channels=legacy_channels)
 
 
 # name → (default input_size, patch, embed_dim, depth, heads, final conv). The first four are U-ViT's

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline.io import atomic_write_csv, git_commit, provenance
+from core.io import atomic_write_csv, git_commit, provenance
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run at this scale"
 COLUMNS = ["claim", "text", "verdict", "reproduced_evidence", "robust", "scale", "git_commit"]

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from pipeline.data import resolve_vae_location
+from pipeline.vae_weights import resolve_vae_location
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 POSTERIOR_MODES = ("sample", "mean")
@@ -96,7 +96,7 @@ class SDVAE:
     """Stable Diffusion's KL autoencoder (sd-vae-ft-ema / sd-vae-ft-mse) through diffusers.
 
     Loads from a local folder or the Hugging Face cache only (``local_files_only=True``): nothing
-    is downloaded; missing weights raise :class:`pipeline.data.DataSourceError` saying where they
+    is downloaded; missing weights raise :class:`core.io.DataSourceError` saying where they
     were expected and how to fetch them.
     """
 

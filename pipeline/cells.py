@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write_json, provenance
+from core.io import atomic_write_json, provenance
 from pipeline.registry import Cell
 
 # Registry metric names -> keys of eval.evaluate's metrics JSON.

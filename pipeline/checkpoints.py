@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors and JSON-like values::
 
     {"format": 1, "step": int, "model": state_dict, "ema": state_dict, "opt": optimizer state_dict,
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "data_position": int (items consumed),
-     "config": run config (dict), "data_std": float, "provenance": pipeline.io.provenance(...)}
+     "config": run config (dict), "data_std": float, "provenance": core.io.provenance(...)}
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.io import atomic_save_torch
-from pipeline.runconfig import build_network, with_defaults
+from core.io import atomic_save_torch
+from pipeline.runconfig import RunConfig, build_network
 
 FORMAT = 1
 
@@ -43,10 +43,10 @@ def load_network(
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Build the run's network from a checkpoint with its EMA (default) or raw weights, in eval mode.
 
-    Returns ``(network, run_config, checkpoint)``.
+    Returns ``(network, run_config, checkpoint)``; the run config is a dict with its defaults filled in.
     """
     ckpt = load_checkpoint(path, map_location="cpu")
-    run = with_defaults(ckpt["config"])
-    net = build_network(run["network"])
+    run = RunConfig.from_json(ckpt["config"])
+    net = build_network(run.network)
     net.load_state_dict(ckpt["ema" if use_ema else "model"])
-    return net.to(device).eval(), run, ckpt
+    return net.to(device).eval(), run.to_json(), ckpt

@@ -1,80 +1,47 @@
-"""Precompute autoencoder latents into resumable safetensors shards, and read them back.
+"""Precompute autoencoder latents into resumable safetensors shards (``python -m pipeline.latents``).
 
-Layout of ``out_dir``:
+The folder layout (shards, ``index.json``) and its readers live in :mod:`pipeline.latent_reader`, so
+training imports no encoding code. Shard ``i`` holds items ``[i·S, (i+1)·S)`` in dataset order and
+rank ``r`` of ``W`` writes the shards with ``i % W == r``.
 
-- ``shard-XXXXX.safetensors``: shard ``i`` holds dataset items ``[i·S, min((i+1)·S, N))`` (``S`` =
-  shard size, dataset order) as ``latents`` (n, C, h, w) float32, ``labels`` (n,) int64 and, with
-  flips on, ``latents_flipped`` (the encoding of the horizontally flipped image). Rank ``r`` of
-  ``W`` writes the shards with ``i % W == r``: names come from the global shard index, so ranks
-  never collide (fast-DiT issue #14) and every item is encoded exactly once, whatever ``W``.
-- ``index.json``: written by rank 0 once every shard exists: counts, shapes, shard list, label
-  counts, latent statistics (``data_std`` of Algorithm 2, per-channel mean/std), the autoencoder,
-  posterior mode, flip flag and provenance.
-
-Shards are written atomically (:func:`pipeline.io.atomic_write`), so a killed job leaves complete
+Shards are written atomically (:func:`core.io.atomic_write`), so a killed job leaves complete
 shards or none; a rerun skips complete shards whose settings hash matches (any world size).
 Posterior noise for item ``i`` comes from a generator seeded with
 ``derive_seed(seed, "latents-posterior", i, "plain"|"flipped")``: latents do not depend on the
-batch size or the number of ranks.
+batch size or the number of ranks. Rank 0 writes ``index.json`` once every shard exists.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from core.io import (
+    DataSourceError,
+    atomic_write,
+    atomic_write_json,
+    config_hash,
+    derive_seed,
+    provenance,
+    remove_stale_temporaries,
+)
+from core.shards import Shard, plan_shards, shards_of_rank
 from pipeline.autoencoders import Autoencoder, build_autoencoder
-from pipeline.data import DataSourceError, ImageSource, open_image_source, resolve_vae_location
-from pipeline.io import atomic_write, atomic_write_json, config_hash, derive_seed, provenance
-
-FORMAT = "fasterdit-latents-v1"
-INDEX_NAME = "index.json"
-
-
-@dataclass(frozen=True)
-class ShardRange:
-    """Shard ``index`` covers dataset items ``[start, stop)``."""
-
-    index: int
-    start: int
-    stop: int
-
-    @property
-    def file(self) -> str:
-        return f"shard-{self.index:05d}.safetensors"
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-def plan_shards(num_items: int, shard_size: int) -> list[ShardRange]:
-    """Contiguous shards of ``shard_size`` items in dataset order (the last one may be shorter)."""
-    if shard_size < 1:
-        raise ValueError("shard_size must be ≥ 1")
-    return [ShardRange(i, start, min(start + shard_size, num_items))
-            for i, start in enumerate(range(0, num_items, shard_size))]
-
-
-def shards_for_rank(plan: Sequence[ShardRange], rank: int, world_size: int) -> list[ShardRange]:
-    """The shards rank ``rank`` writes: index ``i`` with ``i % world_size == rank``."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
-    return [shard for shard in plan if shard.index % world_size == rank]
-
+from pipeline.datasets import ImageSource, open_image_source
+from pipeline.latent_reader import FORMAT, INDEX_NAME
+from pipeline.vae_weights import resolve_vae_location
 
 # --------------------------------------------------------------------------------------------
 # Statistics (streaming, mergeable: count, mean, M2 per channel)
@@ -160,10 +127,12 @@ def encode_batch(
 
 
 def _shard_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes of one shard (tests replace this to simulate a kill mid-write)."""
     return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file."""
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
 
@@ -180,12 +149,6 @@ def _existing_shard_ok(path: Path, settings_sha: str) -> bool:
         raise DataSourceError(f"{path} was written with different settings; delete {path.parent} "
                               f"or choose another output folder")
     return True
-
-
-def _remove_stale_temporaries(out_dir: Path, shards: Sequence[ShardRange]) -> None:
-    for shard in shards:
-        for tmp in out_dir.glob(f".{shard.file}.*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 def _settings(source: ImageSource, autoencoder_spec: Mapping[str, Any], flip: bool, shard_size: int,
@@ -206,7 +169,7 @@ def _encode_device_description(autoencoder: Autoencoder) -> str:
 
 
 def _encode_shards(
-    source: ImageSource, autoencoder: Autoencoder, out_dir: Path, todo: Sequence[ShardRange], *,
+    source: ImageSource, autoencoder: Autoencoder, out_dir: Path, todo: Sequence[Shard], *,
     flip: bool, batch_size: int, seed: int, num_workers: int, settings_sha: str, rank: int, progress: bool,
 ) -> None:
     """Encode the ``todo`` shards in order and write each atomically as soon as it is complete."""
@@ -257,7 +220,7 @@ def wait_for_files(paths: Sequence[Path], timeout: float | None, poll: float = 2
 
 
 def write_index(
-    out_dir: Path, source: ImageSource, plan: Sequence[ShardRange], settings: Mapping[str, Any],
+    out_dir: Path, source: ImageSource, plan: Sequence[Shard], settings: Mapping[str, Any],
     autoencoder_spec: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Merge shard statistics and write ``index.json`` (every shard must exist)."""
@@ -311,6 +274,7 @@ def write_index(
 
 
 def _add_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum two bincounts of different lengths."""
     size = max(len(a), len(b))
     return torch.nn.functional.pad(a, (0, size - len(a))) + torch.nn.functional.pad(b, (0, size - len(b)))
 
@@ -338,7 +302,7 @@ def precompute_latents(
 ) -> dict[str, Any] | None:
     """Encode this rank's missing shards; rank 0 then waits for all shards and writes the index.
 
-    ``source_spec``: see :func:`pipeline.data.open_image_source`; ``autoencoder_spec``: see
+    ``source_spec``: see :func:`pipeline.datasets.open_image_source`; ``autoencoder_spec``: see
     :func:`pipeline.autoencoders.build_autoencoder`. Returns the index on rank 0, ``None`` elsewhere.
     Data-source problems (missing folder, weights, foreign shards) raise :class:`DataSourceError`
     before any encoding.
@@ -357,10 +321,10 @@ def precompute_latents(
                                   f"has {source.channels} channel(s): use the identity autoencoder")
     settings = _settings(source, spec, flip, shard_size, seed)
     settings_sha = config_hash(settings, length=64)
-    plan = plan_shards(len(source), shard_size)
-    mine = shards_for_rank(plan, rank, world_size)
+    plan = plan_shards(len(source), shard_size, suffix=".safetensors")
+    mine = shards_of_rank(plan, rank, world_size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir, mine)
+    remove_stale_temporaries(*(out_dir / shard.file for shard in mine))
     todo = [shard for shard in mine if not _existing_shard_ok(out_dir / shard.file, settings_sha)]
     if todo:
         autoencoder = build_autoencoder(spec, device=device)
@@ -370,86 +334,6 @@ def precompute_latents(
         return None
     wait_for_files([out_dir / shard.file for shard in plan], wait_timeout)
     return write_index(out_dir, source, plan, settings, spec)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-
-
-def read_index(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """``index.json`` of a latent folder, after checking that every shard is there with its size."""
-    out_dir = Path(out_dir)
-    path = out_dir / INDEX_NAME
-    if not path.is_file():
-        raise DataSourceError(f"no latent index at {path}; run `python -m pipeline.latents` first")
-    index = json.loads(path.read_text())
-    for shard in index["shards"]:
-        file = out_dir / shard["file"]
-        if not file.is_file() or file.stat().st_size != shard["bytes"]:
-            raise DataSourceError(f"latent shard {file} is missing or has changed since {path} was written")
-    return index
-
-
-def load_latents(out_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
-    """Everything in memory (small scales): ``(latents, labels, latents_flipped or None, index)``."""
-    index = read_index(out_dir)
-    loaded = [load_file(str(Path(out_dir) / shard["file"])) for shard in index["shards"]]
-    latents = torch.cat([part["latents"] for part in loaded])
-    labels = torch.cat([part["labels"] for part in loaded])
-    flipped = torch.cat([part["latents_flipped"] for part in loaded]) if index["flip"] else None
-    return latents, labels, flipped, index
-
-
-class LatentDataset(Dataset):
-    """Random access to a latent folder without loading it: ``ds[i] -> (latent, label, flipped|None)``.
-
-    Shards are opened lazily (memory-mapped by safetensors) in each process, so the dataset can be
-    handed to DataLoader workers. Use :func:`collate_latents` when flips are off (``None`` entries).
-    """
-
-    def __init__(self, out_dir: str | os.PathLike):
-        self.out_dir = Path(out_dir)
-        self.index = read_index(self.out_dir)
-        self._starts = [shard["start"] for shard in self.index["shards"]]
-        self._flip = bool(self.index["flip"])
-        labels = []
-        for shard in self.index["shards"]:
-            with safe_open(str(self.out_dir / shard["file"]), framework="pt") as handle:
-                labels.append(handle.get_tensor("labels"))
-        self.labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-        self._handles: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return int(self.index["num_items"])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}}
-
-    def _handle(self, shard: int) -> Any:
-        if shard not in self._handles:
-            file = self.out_dir / self.index["shards"][shard]["file"]
-            self._handles[shard] = safe_open(str(file), framework="pt")
-        return self._handles[shard]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"item {i} outside a latent set of {len(self)}")
-        i %= len(self)
-        shard = bisect.bisect_right(self._starts, i) - 1
-        offset = i - self._starts[shard]
-        handle = self._handle(shard)
-        latent = handle.get_slice("latents")[offset: offset + 1][0]
-        flipped = handle.get_slice("latents_flipped")[offset: offset + 1][0] if self._flip else None
-        return latent, self.labels[i], flipped
-
-
-def collate_latents(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]):
-    """Stack a list of :class:`LatentDataset` items; the flipped entry stays ``None`` when flips are off."""
-    latents = torch.stack([item[0] for item in items])
-    labels = torch.stack([item[1] for item in items])
-    flipped = None if items[0][2] is None else torch.stack([item[2] for item in items])
-    return latents, labels, flipped
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.io import config_hash
-
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS_FILE = ROOT / "config" / "experiments.yaml"
-ALL_METRICS = ("fid", "sfid", "is", "precision", "recall")
+from core.io import config_hash
+from pipeline import config as config_files
+from pipeline.config import EXPERIMENTS_FILE
+from pipeline.paths import path
+from pipeline.run_defaults import RUN_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -54,15 +52,15 @@ class Cell:
     @property
     def target(self) -> str:
         """The cell's JSON (all seeds of the cell in one file)."""
-        return f"results/cells/{self.experiment}/{self.id}.json"
+        return path("cell", experiment=self.experiment, cell=self.id)
 
     @property
     def metrics_path(self) -> str:
-        return f"work/metrics/{self.run_id}/step{self.step}/{self.sample_tag}.json"
+        return path("metrics", run=self.run_id, step=self.step, tag=self.sample_tag)
 
     @property
     def samples_path(self) -> str:
-        return f"work/samples/{self.run_id}/step{self.step}/{self.sample_tag}.npz"
+        return path("samples", run=self.run_id, step=self.step, tag=self.sample_tag)
 
 
 @dataclass
@@ -184,13 +182,13 @@ def build_run(recipe: Mapping[str, Any], overrides: Mapping[str, Any], protocol:
         input_scale = copy.deepcopy(protocol["baseline_input_scale"])
     run = {
         "network": network,
-        "schedule": merged.pop("schedule", "flow-linear"),
-        "prediction": merged.pop("prediction", "velocity"),
+        "schedule": merged.pop("schedule", copy.deepcopy(RUN_DEFAULTS["schedule"])),
+        "prediction": merged.pop("prediction", copy.deepcopy(RUN_DEFAULTS["prediction"])),
         "input_scale": input_scale,
-        "timesteps": merged.pop("timesteps", {"kind": "uniform"}),
-        "loss_weight": merged.pop("loss_weight", {"kind": "none"}),
-        "direction_loss": bool(merged.pop("direction_loss", False)),
-        "direction_weight": float(merged.pop("direction_weight", 1.0)),
+        "timesteps": merged.pop("timesteps", copy.deepcopy(RUN_DEFAULTS["timesteps"])),
+        "loss_weight": merged.pop("loss_weight", copy.deepcopy(RUN_DEFAULTS["loss_weight"])),
+        "direction_loss": bool(merged.pop("direction_loss", copy.deepcopy(RUN_DEFAULTS["direction_loss"]))),
+        "direction_weight": float(merged.pop("direction_weight", copy.deepcopy(RUN_DEFAULTS["direction_weight"]))),
         "optimizer": copy.deepcopy(protocol["optimizer"]),
         "global_batch": int(protocol["global_batch"]),
         "ema_decay": float(protocol["ema_decay"]),
@@ -244,8 +242,8 @@ def scaled_step(paper_step: int, protocol: Mapping[str, Any]) -> int:
 
 
 def load_experiments(path: Path = EXPERIMENTS_FILE) -> dict[str, Any]:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    """The experiment registry, schema-checked (:func:`pipeline.config.load_experiments`)."""
+    return config_files.load_experiments(path)
 
 
 def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Registry:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write, atomic_write_csv, provenance
+from core.io import atomic_write, atomic_write_csv, provenance
 from pipeline.registry import load_experiments
 
 COLUMNS = [
@@ -27,7 +27,6 @@ COLUMNS = [
     "cfg", "num_samples", "metric", "paper", "reproduced", "ci_low", "ci_high", "difference", "n_seeds", "seeds",
     "scale", "note",
 ]
-METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "is": "IS", "precision": "Precision", "recall": "Recall"}
 
 
 def cell_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

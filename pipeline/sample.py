@@ -32,6 +32,10 @@ micro-batch, device type, TF32), never on the number of processes, ``--batch-siz
 
 Quantisation: ``uint8 = clamp(127.5·x + 128, 0, 255)`` truncated, as DiT/SiT ``sample_ddp.py`` do; this
 is round-half-up of ``(x + 1)·127.5``, the exact inverse of the harness's ``u/127.5 − 1``.
+
+One module at ~400 lines on purpose: the determinism rule above, the session that implements it and the
+stage that applies it read as one story (per-sample pieces: :mod:`pipeline.sample_rows`; shards:
+:mod:`pipeline.sample_shards`).
 """
 
 from __future__ import annotations
@@ -42,26 +46,35 @@ import json
 import os
 import sys
 import time
-import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from core.distributed import Processes, join_processes
+from core.io import config_hash, remove_stale_temporaries
+from core.precision import set_tf32
+from core.shards import Shard, plan_shards, shards_of_rank
 from models.dopri5 import dopri5_per_sample, guided_velocity
 from models.samplers import SAMPLERS, SamplerConfig, sample
 from models.schedules import Schedule
 from pipeline.autoencoders import Autoencoder, build_autoencoder
 from pipeline.checkpoints import load_network
-from pipeline.distributed import join_processes
-from pipeline.io import atomic_write, atomic_write_json, config_hash, derive_seed, provenance
 from pipeline.runconfig import build_schedule, input_multiplier
+from pipeline.sample_rows import (
+    Batch,
+    FixedBatchNetwork,
+    PerSampleStepNoise,
+    in_fixed_batches,
+    sample_labels,
+    sample_noise,
+    to_uint8,
+)
+from pipeline.sample_shards import merge_shards, read_shard, write_shard
 
 Tensor = torch.Tensor
 FORMAT = "fasterdit-samples-v1"
@@ -69,99 +82,6 @@ DEFAULT_MICRO_BATCH = 32
 DEFAULT_SHARD_SIZE = 500
 QUANTISATION = ("uint8 = clamp(127.5*x + 128, 0, 255) truncated (DiT/SiT sample_ddp; "
                 "round-half-up of (x+1)*127.5)")
-
-
-# --------------------------------------------------------------------------------------------
-# Per-sample randomness
-# --------------------------------------------------------------------------------------------
-
-
-def _generator(seed: int, stream: str, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, stream, int(index)))
-
-
-def sample_labels(seed: int, indices: Iterable[int], num_classes: int) -> Tensor:
-    """Label of each sample index: ``randint(num_classes)`` from its own generator ``(seed, "label", i)``."""
-    return torch.tensor([int(torch.randint(num_classes, (1,), generator=_generator(seed, "label", i)))
-                         for i in indices], dtype=torch.int64)
-
-
-def sample_noise(seed: int, indices: Iterable[int], shape: Sequence[int]) -> Tensor:
-    """Initial noise ``(n, *shape)`` float32 on CPU; row ``i`` from the generator ``(seed, "noise", i)``."""
-    return torch.stack([torch.randn(tuple(shape), generator=_generator(seed, "noise", i)) for i in indices])
-
-
-class PerSampleStepNoise:
-    """DDPM step noise: each call stacks one fresh draw per sample from that sample's own generator.
-
-    ``models.samplers.ddpm_sample`` calls it once per ancestral step, so sample ``i`` receives the
-    same sequence of draws whatever batch it is in.
-    """
-
-    def __init__(self, seed: int, indices: Iterable[int], shape: Sequence[int], device: torch.device):
-        self.generators = [_generator(seed, "steps", i) for i in indices]
-        self.shape, self.device = tuple(shape), device
-
-    def __call__(self, _step: int) -> Tensor:
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
-
-
-# --------------------------------------------------------------------------------------------
-# Fixed-shape evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def _pad_rows(tensor: Tensor, rows: int) -> Tensor:
-    if rows == 0:
-        return tensor
-    return torch.cat([tensor, tensor[:1].expand(rows, *tensor.shape[1:])])
-
-
-def in_fixed_batches(fn: Callable[..., Tensor], tensors: Sequence[Tensor], size: int) -> Tensor:
-    """``fn(*tensors)`` computed in calls of exactly ``size`` rows (the last padded, its padding dropped)."""
-    n = tensors[0].shape[0]
-    outputs = []
-    for start in range(0, n, size):
-        parts = [t[start:start + size] for t in tensors]
-        rows = parts[0].shape[0]
-        out = fn(*(_pad_rows(p, size - rows) for p in parts))
-        outputs.append(out[:rows])
-    return torch.cat(outputs) if outputs else fn(*tensors)
-
-
-class FixedBatchNetwork(nn.Module):
-    """A network that always runs on exactly ``micro_batch`` rows, so a row's output does not depend on
-    how many other rows share its call (see the module docstring). Same interface and attributes."""
-
-    def __init__(self, net: nn.Module, micro_batch: int):
-        super().__init__()
-        if micro_batch < 1:
-            raise ValueError("micro_batch must be >= 1")
-        self.net, self.micro_batch = net, int(micro_batch)
-        for name in ("in_channels", "out_channels", "learn_sigma", "num_classes", "input_size"):
-            setattr(self, name, getattr(net, name))
-
-    def forward(self, x: Tensor, t_model: Tensor, y: Tensor) -> Tensor:
-        return in_fixed_batches(self.net, (x, t_model, y), self.micro_batch)
-
-
-# --------------------------------------------------------------------------------------------
-# One batch: labels + noise -> model samples -> decoded uint8 images
-# --------------------------------------------------------------------------------------------
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Images in [-1, 1] ``(B, C, H, W)`` → uint8 NHWC with DiT's ``clamp(127.5·x + 128, 0, 255)``."""
-    return torch.clamp(127.5 * images.float() + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-@dataclass
-class Batch:
-    """Samples of some indices: uint8 NHWC images, int64 labels, per-sample NFE (numpy, CPU)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    nfe: np.ndarray
 
 
 @dataclass
@@ -303,213 +223,72 @@ def sampler_description(cfg: SamplerConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Shards and the final npz
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` holds samples ``[start, stop)``."""
-
-    index: int
-    start: int
-    stop: int
-
-    @property
-    def file(self) -> str:
-        return f"shard-{self.index:05d}.npz"
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-def plan_shards(num_samples: int, shard_size: int) -> list[Shard]:
-    if shard_size < 1:
-        raise ValueError("shard_size must be >= 1")
-    return [Shard(j, start, min(start + shard_size, num_samples))
-            for j, start in enumerate(range(0, num_samples, shard_size))]
-
-
-def shards_of_rank(shards: Sequence[Shard], rank: int, world_size: int) -> list[Shard]:
-    """Shard ``j`` goes to rank ``j % world_size``."""
-    return [s for s in shards if s.index % world_size == rank]
-
-
-SHARD_METADATA = ("labels", "nfe", "start", "stop", "settings_sha256", "device", "world_size")
-
-
-def _member_shape(data: Any, key: str) -> tuple[int, ...]:
-    """Shape of an npz member from its ``.npy`` header, without reading the array."""
-    with data.zip.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        fmt = np.lib.format
-        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        return tuple(reader(member)[0])
-
-
-def read_shard(path: Path, shard: Shard, settings_sha: str) -> dict[str, Any] | None:
-    """The shard's metadata (labels, NFE, ..., ``image_shape``) if the file is complete, for this index
-    range and these settings; else None. The images themselves are not read."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays: dict[str, Any] = {k: data[k] for k in SHARD_METADATA}
-            arrays["image_shape"] = _member_shape(data, "images")
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
-    ok = (str(arrays["settings_sha256"]) == settings_sha and int(arrays["start"]) == shard.start
-          and int(arrays["stop"]) == shard.stop and len(arrays["labels"]) == len(shard)
-          and arrays["image_shape"][0] == len(shard) and len(arrays["nfe"]) == len(shard))
-    return arrays if ok else None
-
-
-def write_shard(path: Path, shard: Shard, batches: Sequence[Batch], settings_sha: str, device: str,
-                world_size: int) -> None:
-    arrays = {
-        "images": np.concatenate([b.images for b in batches]),
-        "labels": np.concatenate([b.labels for b in batches]).astype(np.int64),
-        "nfe": np.concatenate([b.nfe for b in batches]).astype(np.int64),
-        "start": np.int64(shard.start), "stop": np.int64(shard.stop),
-        "settings_sha256": np.str_(settings_sha), "device": np.str_(device),
-        "world_size": np.int64(world_size),
-    }
-    with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
-
-
-def write_npz_streaming(path: str | os.PathLike, arrays: Mapping[str, tuple[tuple[int, ...], np.dtype,
-                                                                             Iterable[np.ndarray]]]) -> None:
-    """Write an uncompressed npz (as ``np.savez``) whose arrays arrive in chunks along axis 0.
-
-    ``arrays`` maps a name to ``(shape, dtype, chunks)``; memory use is one chunk, not the whole set.
-    """
-    with atomic_write(path) as handle, \
-            zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, (shape, dtype, chunks) in arrays.items():
-            dtype = np.dtype(dtype)
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                          "shape": tuple(int(s) for s in shape)}
-                np.lib.format.write_array_header_1_0(member, header)
-                written = 0
-                for chunk in chunks:
-                    chunk = np.ascontiguousarray(chunk, dtype=dtype)
-                    member.write(chunk.tobytes())
-                    written += chunk.shape[0]
-                if written != shape[0]:
-                    raise ValueError(f"{name}: expected {shape[0]} rows, got {written}")
-
-
-def _shard_chunks(shard_dir: Path, shards: Sequence[Shard], key: str) -> Iterator[np.ndarray]:
-    for shard in shards:
-        with np.load(shard_dir / shard.file, allow_pickle=False) as data:
-            yield data[key]
-
-
-# --------------------------------------------------------------------------------------------
-# Processes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Processes:
-    """This process's rank, the world size, its device; ``owns_group`` if we created the process group."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def setup_processes(device: str = "auto", timeout_s: float = 86_400.0) -> Processes:
-    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun); join a gloo (CPU) or NCCL (CUDA) group.
-
-    The group is only used for barriers, with a long timeout: ranks with fewer shards wait for the others.
-    """
-    rank, world_size, dev, owns = join_processes(device, timeout_s)
-    return Processes(rank, world_size, dev, owns)
-
-
-def set_tf32(enabled: bool) -> None:
-    """TF32 matmuls/convolutions on CUDA (the paper samples with TF32, Tables 6–7); no effect on CPU.
-
-    cuDNN autotuning is switched off so that the same shapes always run the same kernels.
-    """
-    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
-    torch.backends.cudnn.allow_tf32 = bool(enabled)
-    torch.backends.cudnn.benchmark = False
-
-
-# --------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------
 
 
-def sidecar_path(out: str | os.PathLike) -> Path:
-    return Path(out).with_suffix(".json")
+@dataclass(frozen=True)
+class SampleOptions:
+    """How a sample set is made (the CLI's flags); every field but the last seven is part of its identity."""
 
+    num_samples: int = 0
+    sampler: str = "dopri5"
+    steps: int = 250
+    cfg_scale: float = 1.0
+    legacy_cfg_channels: int | None = None
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    seed: int = 0
+    micro_batch: int = DEFAULT_MICRO_BATCH
+    use_ema: bool = True
+    autoencoder: str | Mapping[str, Any] | None = None
+    latents_index: str | os.PathLike | None = None
+    num_classes: int | None = None
+    tf32: bool = True
+    # execution only: never change a sample
+    batch_size: int = 32
+    device: str = "auto"
+    shard_dir: str | os.PathLike | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    keep_shards: bool = False
+    progress: bool | None = None
 
-def _nfe_stats(nfe: np.ndarray) -> dict[str, float]:
-    return {"mean": float(nfe.mean()), "min": int(nfe.min()), "max": int(nfe.max()), "total": int(nfe.sum())}
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(kind=self.sampler, steps=self.steps, cfg_scale=float(self.cfg_scale),
+                             legacy_cfg_channels=self.legacy_cfg_channels, atol=float(self.atol),
+                             rtol=float(self.rtol))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SampleOptions:
+        """The options of a parsed ``pipeline.sample`` command line."""
+        names = {f.name for f in fields(cls)} - {"use_ema"}
+        return cls(use_ema=not args.raw_weights, **{name: getattr(args, name) for name in names})
 
 
 def sample_to_npz(
-    ckpt: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    num_samples: int,
-    sampler: str = "dopri5",
-    steps: int = 250,
-    cfg_scale: float = 1.0,
-    legacy_cfg_channels: int | None = None,
-    atol: float = 1e-6,
-    rtol: float = 1e-3,
-    seed: int = 0,
-    batch_size: int = 32,
-    micro_batch: int = DEFAULT_MICRO_BATCH,
-    use_ema: bool = True,
-    autoencoder: str | Mapping[str, Any] | None = None,
-    latents_index: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    device: str = "auto",
-    shard_dir: str | os.PathLike | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    keep_shards: bool = False,
-    tf32: bool = True,
-    progress: bool | None = None,
-    processes: Processes | None = None,
+    ckpt: str | os.PathLike, out: str | os.PathLike, options: SampleOptions | None = None, *,
+    processes: Processes | None = None, **overrides: Any,
 ) -> dict[str, Any]:
-    """Generate ``num_samples`` samples into the ADM npz ``out`` (+ ``out`` with ``.json``: the sidecar).
+    """Generate ``options.num_samples`` samples into the ADM npz ``out`` (+ ``out`` with ``.json``: the sidecar).
 
+    ``overrides`` replace fields of ``options`` (``sample_to_npz(ckpt, out, num_samples=100, seed=1)``).
     Works in one process or under torchrun (every rank calls it). Returns the sidecar dict on rank 0
     and ``{"rank": r, "shards_computed": n}`` on the others.
     """
+    opts = replace(options or SampleOptions(), **overrides)
+    num_samples, batch_size, micro_batch, seed = opts.num_samples, opts.batch_size, opts.micro_batch, opts.seed
     if num_samples < 1 or batch_size < 1:
         raise ValueError("num_samples and batch_size must be >= 1")
     began = time.monotonic()
-    procs = processes or setup_processes(device)
+    # The group is only used for barriers, with a long timeout: ranks with fewer shards wait for the others.
+    procs = processes or join_processes(opts.device, timeout_s=86_400.0)
     try:
-        set_tf32(tf32)
-        cfg = SamplerConfig(kind=sampler, steps=steps, cfg_scale=float(cfg_scale),
-                            legacy_cfg_channels=legacy_cfg_channels, atol=float(atol), rtol=float(rtol))
+        set_tf32(opts.tf32, deterministic_kernels=True)
         session, description = build_session(
-            ckpt, cfg, seed, use_ema=use_ema, autoencoder=autoencoder, latents_index=latents_index,
-            num_classes=num_classes, micro_batch=micro_batch, device=procs.device)
-        identity = {"format": FORMAT, **description, "tf32": bool(tf32),
+            ckpt, opts.sampler_config(), seed, use_ema=opts.use_ema, autoencoder=opts.autoencoder,
+            latents_index=opts.latents_index, num_classes=opts.num_classes, micro_batch=micro_batch,
+            device=procs.device)
+        identity = {"format": FORMAT, **description, "tf32": bool(opts.tf32),
                     "label_rule": "randint(num_classes) from derive_seed(seed, 'label', i)",
                     "noise_rule": "randn from derive_seed(seed, 'noise', i); DDPM steps from "
                                   "derive_seed(seed, 'steps', i)",
@@ -520,17 +299,17 @@ def sample_to_npz(
             print(f"warning: on this device a network row's output depends on its position in a micro-batch "
                   f"of {micro_batch}; the samples may change with --batch-size", file=sys.stderr)
         out = Path(out)
-        shard_path = Path(shard_dir) if shard_dir is not None else out.with_suffix(".shards")
-        shards = plan_shards(num_samples, shard_size)
+        shard_path = Path(opts.shard_dir) if opts.shard_dir is not None else out.with_suffix(".shards")
+        shards = plan_shards(num_samples, opts.shard_size)
         mine = shards_of_rank(shards, procs.rank, procs.world_size)
-        computed = _compute_shards(session, mine, shard_path, settings_sha, batch_size, procs, progress)
+        computed = _compute_shards(session, mine, shard_path, settings_sha, batch_size, procs, opts.progress)
         procs.barrier()
         if not procs.is_main:
             procs.barrier()
             return {"rank": procs.rank, "shards_computed": computed}
-        summary = _merge(out, shard_path, shards, settings_sha, identity, procs, num_samples,
-                         batch_size, shard_size, time.monotonic() - began, seed, invariant)
-        if not keep_shards:
+        summary = merge_shards(out, shard_path, shards, settings_sha, identity, procs, num_samples,
+                               batch_size, opts.shard_size, time.monotonic() - began, seed, invariant)
+        if not opts.keep_shards:
             for shard in shards:
                 (shard_path / shard.file).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
@@ -545,9 +324,7 @@ def sample_to_npz(
 def _compute_shards(session: SamplingSession, mine: Sequence[Shard], shard_dir: Path, settings_sha: str,
                     batch_size: int, procs: Processes, progress: bool | None) -> int:
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for shard in mine:
-        for tmp in shard_dir.glob(f".{shard.file}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(*(shard_dir / shard.file for shard in mine))
     todo = [s for s in mine if read_shard(shard_dir / s.file, s, settings_sha) is None]
     show = procs.is_main if progress is None else progress
     bar = tqdm(total=sum(map(len, todo)), desc=f"sample rank {procs.rank}/{procs.world_size}", unit="img",
@@ -561,48 +338,6 @@ def _compute_shards(session: SamplingSession, mine: Sequence[Shard], shard_dir: 
         write_shard(shard_dir / shard.file, shard, batches, settings_sha, str(procs.device), procs.world_size)
     bar.close()
     return len(todo)
-
-
-def _merge(out: Path, shard_dir: Path, shards: Sequence[Shard], settings_sha: str, identity: dict[str, Any],
-           procs: Processes, num_samples: int, batch_size: int, shard_size: int, seconds: float,
-           seed: int, position_invariant: bool) -> dict[str, Any]:
-    """Check every shard, stream them into ``out`` in index order, write the sidecar; returns it."""
-    labels, nfe, devices, world_sizes, image_shape = [], [], set(), set(), None
-    for shard in shards:
-        arrays = read_shard(shard_dir / shard.file, shard, settings_sha)
-        if arrays is None:
-            raise RuntimeError(f"shard {shard_dir / shard.file} is missing or incomplete after sampling")
-        labels.append(arrays["labels"])
-        nfe.append(arrays["nfe"])
-        devices.add(str(arrays["device"]))
-        world_sizes.add(int(arrays["world_size"]))
-        image_shape = tuple(arrays["image_shape"][1:])
-    all_labels, all_nfe = np.concatenate(labels), np.concatenate(nfe)
-    for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # left by a merge that was killed
-        tmp.unlink(missing_ok=True)
-    write_npz_streaming(out, {
-        "arr_0": ((num_samples, *image_shape), np.uint8, _shard_chunks(shard_dir, shards, "images")),
-        "arr_1": ((num_samples,), np.int64, iter([all_labels])),
-    })
-    settings = {**identity, "num_samples": num_samples}
-    summary = {
-        **settings,
-        "npz": out.name,
-        "image_shape": list(image_shape),
-        "nfe": _nfe_stats(all_nfe),
-        "label_counts": np.bincount(all_labels, minlength=identity["num_classes"]).tolist(),
-        "world_size": procs.world_size,
-        "world_sizes_of_shards": sorted(world_sizes),
-        "computed_on": sorted(devices),
-        "batch_size": batch_size,
-        "shard_size": shard_size,
-        "network_rows_position_invariant": position_invariant,
-        "settings_sha256": settings_sha,
-        "seconds": seconds,
-        "provenance": provenance(settings, seed),
-    }
-    atomic_write_json(sidecar_path(out), summary)
-    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,14 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     args = _parser().parse_args(argv)
-    summary = sample_to_npz(
-        args.ckpt, args.out, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg_scale, legacy_cfg_channels=args.legacy_cfg_channels, atol=args.atol,
-        rtol=args.rtol, seed=args.seed, batch_size=args.batch_size, micro_batch=args.micro_batch,
-        use_ema=not args.raw_weights, autoencoder=args.autoencoder, latents_index=args.latents_index,
-        num_classes=args.num_classes, device=args.device, shard_dir=args.shard_dir,
-        shard_size=args.shard_size, keep_shards=args.keep_shards, tf32=args.tf32, progress=args.progress,
-    )
+    if args.metrics_out is not None and args.reference is None:
+        raise SystemExit("error: --metrics-out needs --reference")
+    summary = sample_to_npz(args.ckpt, args.out, SampleOptions.from_args(args))
     if "nfe" in summary:  # rank 0, after the merge
         nfe = summary["nfe"]
         print(f"wrote {args.out}: {summary['num_samples']} samples, NFE mean {nfe['mean']:.1f} "
@@ -679,8 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.metrics_out is not None:
             from eval.evaluate import score_npz
 
-            if args.reference is None:
-                raise SystemExit("error: --metrics-out needs --reference")
             score_npz(args.reference, args.out, args.metrics_out, args.extractor, args.extractor_weights,
                       device=None if args.device == "auto" else args.device)
     return 0

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.io import atomic_write, atomic_write_json, provenance
+from core.precision import set_tf32
 from models.samplers import SamplerConfig
-from pipeline.io import atomic_write, atomic_write_json, provenance
-from pipeline.sample import DEFAULT_MICRO_BATCH, add_sampler_arguments, build_session, set_tf32
+from pipeline.sample import DEFAULT_MICRO_BATCH, add_sampler_arguments, build_session
 
 MIN_CELL_PIXELS = 64
 
@@ -83,7 +84,7 @@ def sample_grid(
     began = time.monotonic()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    set_tf32(tf32)
+    set_tf32(tf32, deterministic_kernels=True)
     cfg = SamplerConfig(kind=sampler, steps=steps, cfg_scale=float(cfg_scale),
                         legacy_cfg_channels=legacy_cfg_channels, atol=float(atol), rtol=float(rtol))
     session, description = build_session(ckpt, cfg, seed, use_ema=use_ema, autoencoder=autoencoder,

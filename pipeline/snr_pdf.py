@@ -19,23 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.io import atomic_write_json, atomic_write_text, derive_seed, provenance
 from models.schedules import SCHEDULES
-from models.snr import SNRSetting, analytic_snr_pdf, estimate_snr_pdf, make_setting, snr_summary
-from pipeline.io import atomic_write_json, atomic_write_text, derive_seed, provenance
-
-
-def db_grid(lo: float, hi: float, step: float) -> np.ndarray:
-    """Evenly spaced lgSNR grid (dB) from ``lo`` to ``hi`` inclusive."""
-    if step <= 0 or hi <= lo:
-        raise ValueError("grid needs lo < hi and step > 0")
-    count = int(round((hi - lo) / step)) + 1
-    return lo + step * np.arange(count, dtype=np.float64)
-
-
-def bin_edges(grid_db: np.ndarray) -> np.ndarray:
-    """Bins centred on an even grid (for Algorithm 1's histogram)."""
-    step = float(grid_db[1] - grid_db[0])
-    return np.concatenate([grid_db - step / 2, [grid_db[-1] + step / 2]])
+from models.snr import SNRSetting, analytic_snr_pdf, bin_edges, db_grid, estimate_snr_pdf, make_setting, snr_summary
 
 
 def snr_pdf_table(

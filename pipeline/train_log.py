@@ -13,13 +13,15 @@ import json
 import math
 import os
 import resource
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from pipeline.io import atomic_write, atomic_write_text
+from core.io import atomic_write, atomic_write_text
 
 LOG_NAME = "train.jsonl"
 PLOT_NAME = "loss.png"
@@ -67,6 +69,30 @@ def max_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+def window_record(
+    sums: Mapping[str, torch.Tensor], steps: int, began: float, step: int, *, global_batch: int, num_items: int,
+    lr: float, device: torch.device, world_size: int, segment_began: float,
+) -> dict[str, Any]:
+    """Average a window's per-step means over its steps and the ranks into one record (one host sync)."""
+    keys = sorted(sums)
+    values = torch.stack([sums[k] for k in keys]) / max(steps, 1)
+    if world_size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values = values / world_size
+    means = dict(zip(keys, values.tolist()))
+    seconds = max(time.monotonic() - began, 1e-9)
+    memory, memory_kind = max_memory_mb(device)
+    record: dict[str, Any] = {"step": step, "epoch": step * global_batch / num_items}
+    for key in ("loss", "mse", "direction", "vb", "grad_norm"):
+        if key in means:
+            record[key] = means[key]
+    record.update({
+        "lr": lr, "it_s": steps / seconds, "images_s": steps * global_batch / seconds, "max_mem_mb": memory,
+        "mem_kind": memory_kind, "world_size": world_size, "elapsed_s": time.monotonic() - segment_began,
+    })
+    return record
 
 
 def plot_loss_curve(

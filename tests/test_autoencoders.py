@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.io import DataSourceError
 from pipeline.autoencoders import SDVAE, Autoencoder, IdentityAutoencoder, build_autoencoder, standard_normal
-from pipeline.data import DataSourceError, resolve_vae_location
+from pipeline.vae_weights import resolve_vae_location
 from tests.test_data_helpers import make_tiny_vae
 
 torch.set_num_threads(1)

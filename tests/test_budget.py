@@ -15,7 +15,6 @@ import torch
 
 from pipeline.budget import (
     GRID_TARGET,
-    Budget,
     budget_rows,
     dit_paper_gflops,
     estimate_budget,
@@ -24,6 +23,7 @@ from pipeline.budget import (
     network_forward_flops,
     write_budget_csv,
 )
+from pipeline.budget import BudgetEstimate as Budget
 from pipeline.registry import load_registry
 
 torch.set_num_threads(1)

@@ -8,16 +8,18 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from core.io import DataSourceError
+from core.npz import validate_adm_npz
 from pipeline import data
-from pipeline.data import (
-    DataSourceError,
+from pipeline.data_config import check_data_sources
+from pipeline.datasets import (
     ImageFolderDataset,
     center_crop_arr,
-    check_data_sources,
     digits_split,
     digits_split_indices,
-    write_reference_npz,
+    stratified_reference_indices,
 )
+from pipeline.references import reference_sidecar_path, write_reference_npz
 from tests.test_data_helpers import TREE_CLASSES, make_image_tree
 
 # ------------------------------------------------------------------------------------------ digits
@@ -54,8 +56,8 @@ def test_digits_split_is_a_fixed_stratified_partition():
 
 def test_stratified_indices_depend_on_seed():
     labels = load_digits().target
-    a = data.stratified_reference_indices(labels, 300, seed=0)
-    b = data.stratified_reference_indices(labels, 300, seed=1)
+    a = stratified_reference_indices(labels, 300, seed=0)
+    b = stratified_reference_indices(labels, 300, seed=1)
     assert not np.array_equal(a, b)
     np.testing.assert_array_equal(np.bincount(labels[a]), np.bincount(labels[b]))
 
@@ -128,7 +130,7 @@ def test_reference_npz_for_digits(tmp_path):
     assert all(lookup[x.tobytes()] == y for x, y in zip(images, labels))
     np.testing.assert_array_equal(np.bincount(labels), np.bincount(ref_y))
     assert not np.array_equal(labels, np.sort(labels))  # never class-sorted
-    saved = data.reference_sidecar_path(tmp_path / "ref.npz")
+    saved = reference_sidecar_path(tmp_path / "ref.npz")
     assert saved.exists() and sidecar["num_images"] == 300 and "git_commit" in sidecar["provenance"]
 
 
@@ -177,15 +179,15 @@ def test_malformed_adm_batches_are_rejected(tmp_path):
     no_images = _adm_batch(tmp_path / "a.npz", np.zeros((2, 4, 4, 3), np.uint8))
     np.savez(no_images, mu=np.zeros(3))
     with pytest.raises(DataSourceError, match="no arr_0"):
-        data.validate_adm_npz(no_images)
+        validate_adm_npz(no_images)
     floats = _adm_batch(tmp_path / "b.npz", np.zeros((2, 4, 4, 3), np.float32))
     with pytest.raises(DataSourceError, match="uint8 NHWC"):
-        data.validate_adm_npz(floats)
+        validate_adm_npz(floats)
     (tmp_path / "c.npz").write_bytes(b"not a zip")
     with pytest.raises(DataSourceError, match="not a readable npz"):
-        data.validate_adm_npz(tmp_path / "c.npz")
+        validate_adm_npz(tmp_path / "c.npz")
     with pytest.raises(DataSourceError, match="does not exist"):
-        data.validate_adm_npz(tmp_path / "missing.npz")
+        validate_adm_npz(tmp_path / "missing.npz")
 
 
 # ------------------------------------------------------------------------------------ DAG-time checks

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.data import (
-    DataSourceError,
+from core.io import DataSourceError
+from pipeline.data_config import (
     autoencoder_spec,
     check_data_sources,
     latents_cli_args,

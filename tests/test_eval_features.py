@@ -11,6 +11,9 @@ import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from sklearn.datasets import load_digits
 
+from core.io import atomic_save_npz
+from core.npz import iter_npz_rows as iter_npz_images
+from core.precision import tf32_disabled
 from eval import digits_classifier as dc
 from eval.evaluate import main as evaluate_main
 from eval.features import (
@@ -20,12 +23,9 @@ from eval.features import (
     build_extractor,
     extract_npz,
     flatten_spatial_hwc,
-    iter_npz_images,
     resolve_inception_weights,
-    tf32_disabled,
 )
 from eval.metrics import feature_statistics, frechet_distance
-from pipeline.io import atomic_save_npz
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -15,11 +15,12 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 
+from core.io import DataSourceError, derive_seed
 from pipeline import latents as lat
 from pipeline.autoencoders import SDVAE
-from pipeline.data import DataSourceError, ImageFolderDataset, digits_split
-from pipeline.io import derive_seed
-from pipeline.latents import LatentDataset, collate_latents, load_latents, precompute_latents
+from pipeline.datasets import ImageFolderDataset, digits_split
+from pipeline.latent_reader import LatentDataset, collate_latents, load_latents
+from pipeline.latents import precompute_latents
 from tests.test_data_helpers import make_image_tree, make_tiny_vae
 
 torch.set_num_threads(1)

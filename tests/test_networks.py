@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -13,16 +11,15 @@ from models.losses import LossConfig, draw_training_randomness, training_losses
 from models.networks import (
     NETWORKS,
     PAPER_NETWORKS,
-    STAND_INS,
     build,
     family,
-    network_for_scale,
     parameter_count,
     supports_learned_sigma,
 )
 from models.schedules import get_schedule
 from models.unet import OFFICIAL_UNET_MODELS, LDMUNet, SpatialTransformer, UNet_models
 from models.uvit import OFFICIAL_UVIT_MODELS, UVIT_CONFIGS, UViT, UViT_models
+from pipeline.config import STAND_INS, load_scale, network_for_scale
 from pipeline.runconfig import build_network
 
 torch.set_num_threads(1)
@@ -558,11 +555,8 @@ def test_training_steps_reduce_loss_on_digits(name):
 
 @pytest.mark.parametrize("scale", ["mini", "smoke"])
 def test_scale_configs_use_the_registered_stand_ins(scale):
-    import yaml
-
-    root = Path(__file__).resolve().parents[1] / "config" / "scales"
-    paper = yaml.safe_load((root / "paper.yaml").read_text())["protocols"]
-    small = yaml.safe_load((root / f"{scale}.yaml").read_text())["protocols"]
+    paper = load_scale("paper")["protocols"]
+    small = load_scale(scale)["protocols"]
     for name, protocol in small.items():
         expected = network_for_scale(paper[name]["network"]["name"], scale)
         assert protocol["network"]["name"] == expected, (scale, name)

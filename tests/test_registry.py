@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
+from pipeline import config as config_files
+from pipeline.config import ConfigError, load_claims, load_fig3, load_scale, read_yaml
 from pipeline.registry import expand, load_experiments, parse_sample_tag, run_slug, sample_tag
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def scale(name: str) -> dict:
-    cfg = yaml.safe_load((ROOT / "config" / "scales" / f"{name}.yaml").read_text())
-    return {"scale": name, **cfg}
+    return load_scale(name)
 
 
 @pytest.fixture(scope="module", params=["smoke", "mini", "paper"])
@@ -104,3 +100,64 @@ def test_sample_tag_round_trip(sampler):
     parsed = parse_sample_tag(sample_tag(sampler, 1.5, 1000, 2))
     assert parsed["kind"] == sampler["kind"] and parsed["steps"] == sampler.get("steps", 0)
     assert (parsed["cfg"], parsed["n"], parsed["seed"]) == (1.5, 1000, 2)
+
+
+# ---------------------------------------------------------------- config files (pipeline.config)
+
+
+@pytest.mark.parametrize("name", ["mini", "smoke", "paper"])
+def test_scale_loads_complete_and_reloads_unchanged(name):
+    cfg = load_scale(name)
+    assert cfg["scale"] == name and "protocol_defaults" not in cfg
+    assert list(cfg["protocols"]) == list(read_yaml(config_files.PROTOCOLS_FILE)["protocols"])
+    assert load_scale(name, overrides=cfg) == cfg       # a loaded config passed back (Snakemake jobs) is stable
+
+
+def test_scale_files_hold_values_only():
+    """Roles (data set, autoencoder, reference, network) are declared once, in config/protocols.yaml."""
+    for name in config_files.scale_names():
+        values = read_yaml(config_files.SCALES_DIR / f"{name}.yaml")
+        for layer in [values.get("protocol_defaults") or {}, *(values["protocols"] or {}).values()]:
+            assert not {"dataset", "autoencoder", "reference", "network"} & set(layer), name
+
+
+def test_overrides_replace_top_level_keys_like_the_command_line():
+    assert load_scale("mini", overrides={"std_grid": [1.0]})["std_grid"] == [1.0]
+    # `--configfile config/scales/paper.yaml` (scale stays mini) gives the paper's protocols, as before.
+    paper_file = read_yaml(config_files.SCALES_DIR / "paper.yaml")
+    assert load_scale("mini", overrides=paper_file)["protocols"] == load_scale("paper")["protocols"]
+
+
+def test_every_experiment_uses_a_declared_protocol():
+    declared = set(read_yaml(config_files.PROTOCOLS_FILE)["protocols"])
+    for spec in load_experiments()["experiments"].values():
+        assert {block["protocol"] for block in spec["blocks"]} <= declared
+
+
+def test_config_errors_are_reported():
+    with pytest.raises(ConfigError, match="unknown scale"):
+        load_scale("huge")
+    with pytest.raises(ConfigError, match="does not declare"):
+        load_scale("mini", overrides={"protocols": {"section9": {"steps": 1}}})
+    with pytest.raises(ConfigError, match="no stand-in for the paper's network 'DiT-XL/2'"):
+        load_scale("mini", overrides={"stand_ins": {"networks": {"DiT-B/2": "DiT-T/4"}}})
+    with pytest.raises(ConfigError, match="protocols/section3/steps"):
+        load_scale("mini", overrides={"protocols": {"section3": {"steps": 0}}})
+    with pytest.raises(ConfigError, match="not a key of datasets"):
+        load_scale("mini", overrides={"datasets": {"other": {"kind": "digits", "num_classes": 10}}})
+
+
+def test_stand_ins_are_read_off_the_scales():
+    assert config_files.STAND_INS == {
+        "DiT-XL/2": {"mini": "DiT-T/4", "smoke": "DiT-T/2"},
+        "DiT-B/2": {"mini": "DiT-T/4", "smoke": "DiT-T/2"},
+        "DiT-L/2": {"mini": "DiT-Mini/4", "smoke": "DiT-Mini/2"},
+        "U-ViT-L/2": {"mini": "U-ViT-T/2", "smoke": "U-ViT-T/2"},
+        "LDM-UNet": {"mini": "LDM-UNet-T", "smoke": "LDM-UNet-T"},
+    }
+
+
+def test_claims_and_fig3_match_their_schemas():
+    claims = load_claims()
+    assert len({c["id"] for c in claims}) == len(claims)
+    assert {"schedules", "band_db", "views"} <= set(load_fig3())

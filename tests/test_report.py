@@ -11,6 +11,7 @@ import yaml
 
 from pipeline import audit as audit_mod
 from pipeline.cells import mean_interval, write_cell
+from pipeline.config import load_scale
 from pipeline.registry import expand, load_experiments
 from pipeline.report import build
 
@@ -19,8 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def registry():
-    cfg = yaml.safe_load((ROOT / "config" / "scales" / "mini.yaml").read_text())
-    return expand(load_experiments(), {"scale": "mini", **cfg})
+    return expand(load_experiments(), load_scale("mini"))
 
 
 def fake_fid(cell) -> float:

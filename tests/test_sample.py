@@ -14,23 +14,20 @@ import pytest
 import torch
 from PIL import Image
 
+from core.io import REPO_ROOT
+from core.npz import write_npz_streaming
 from models.dopri5 import dopri5_per_sample, guided_velocity
 from models.samplers import SamplerConfig, sample
 from models.schedules import get_schedule
 from pipeline.checkpoints import save_checkpoint
-from pipeline.io import REPO_ROOT
 from pipeline.runconfig import build_network
 from pipeline.sample import (
-    FixedBatchNetwork,
     build_session,
     main,
-    sample_labels,
-    sample_noise,
     sample_to_npz,
-    to_uint8,
-    write_npz_streaming,
 )
 from pipeline.sample_grid import sample_grid
+from pipeline.sample_rows import FixedBatchNetwork, sample_labels, sample_noise, to_uint8
 from tests.toy_networks import GaussianFlowOracle
 
 torch.set_num_threads(1)

@@ -262,8 +262,8 @@ def test_snr_pdf_cli_writes_csv_and_summary(tmp_path):
 
 
 def _tiny_fig3_config() -> dict:
+    from core.io import REPO_ROOT
     from pipeline.figures.fig3 import load_config
-    from pipeline.io import REPO_ROOT
 
     cfg = load_config(REPO_ROOT / "config" / "figures" / "fig3.yaml")
     return {**cfg, "grid_db": [-90.0, 90.0, 1.0], "n_samples": 20_000}

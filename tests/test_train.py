@@ -17,21 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import REPO_ROOT
 from models.losses import draw_training_randomness
 from pipeline.checkpoints import load_checkpoint, load_network
-from pipeline.io import REPO_ROOT
 from pipeline.runconfig import build_schedule, loss_config, with_defaults
-from pipeline.train import (
-    EXIT_RESUMABLE,
-    ROLLING_NAME,
-    DataOrder,
-    NonFiniteLossError,
-    draw_step,
-    epoch_permutation,
-    main,
-    rank_slice,
-    train,
-)
+from pipeline.train import EXIT_RESUMABLE, ROLLING_NAME, NonFiniteLossError, main, train
+from pipeline.train_data import DataOrder, draw_step, epoch_permutation, rank_slice
 from pipeline.train_log import LOG_NAME, PLOT_NAME, read_log
 
 STOP = 40

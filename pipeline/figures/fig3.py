@@ -19,14 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pandas as pd
 import torch
 import yaml
 from matplotlib.figure import Figure
 
-from models.snr import analytic_snr_pdf, estimate_snr_pdf, make_setting, snr_summary
-from pipeline.io import atomic_write, atomic_write_json, atomic_write_text, derive_seed, provenance
+from core.io import atomic_write, atomic_write_json, atomic_write_text, derive_seed, provenance
+from models.snr import analytic_snr_pdf, bin_edges, db_grid, estimate_snr_pdf, make_setting, snr_summary
 
 PANEL_TITLES = {
     "ddpm-linear": "DDPM-linear",
@@ -118,9 +117,9 @@ def curve_stds(cfg: Mapping, best: Mapping[str, BestStd], schedule: str) -> list
 def compute_curves(cfg: Mapping, best: Mapping[str, BestStd]) -> tuple[pd.DataFrame, list[dict]]:
     """Eq. 7 and Algorithm 1 for every view × schedule × std: a long table and per-curve summaries."""
     lo, hi, step = (float(v) for v in cfg["grid_db"])
-    grid = lo + step * np.arange(int(round((hi - lo) / step)) + 1)
+    grid = db_grid(lo, hi, step)
     y = torch.as_tensor(grid, dtype=torch.float64)
-    edges = torch.as_tensor(np.concatenate([grid - step / 2, [grid[-1] + step / 2]]))
+    edges = torch.as_tensor(bin_edges(grid, step))
     band = tuple(float(b) for b in cfg["band_db"])
     frames, summaries = [], []
     for view in cfg["views"]:

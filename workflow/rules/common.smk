@@ -1,16 +1,29 @@
-# Shared by every rule file: the registry expanded for this scale, and path helpers.
-# Included first by the Snakefile.
+# Shared by every rule file: the registry expanded for this scale, the path table and the input functions
+# (the rule files hold rules only). Included first by the Snakefile.
+#
+# Lint notes (`snakemake --lint`), justified:
+# - "Mixed rules and functions" in data.smk: tests/test_data_rules.py includes data.smk on its own, so it
+#   carries its own input functions; every other rule file holds rules only. Here: the linter counts the
+#   `wildcard_constraints` below as a rule; this file holds functions only.
+# - "PATH used but not asserted with envvars": PATH is not an input of the workflow; it is only extended
+#   with the harness environment's bin folder, which every shell then finds first.
+# - "Specify a conda environment or container for each rule": every job runs in the one harness
+#   environment that runs Snakemake (`make env`; environment.yml for conda users); per-rule environments
+#   would only split one set of pinned packages.
 import json
+import os
 import sys
+from pathlib import Path
 
-from snakemake.utils import validate
+from pipeline.paths import PATHS, path
+from pipeline.registry import load_registry
 
-from pipeline.registry import EXPERIMENTS_FILE, load_experiments, load_registry, parse_sample_tag
-
-validate(config, "../schemas/config.schema.yaml")
-validate(load_experiments(EXPERIMENTS_FILE), "../schemas/experiments.schema.yaml")
+# The Snakefile's pipeline.config.load_scale checked the config, load_registry checks config/experiments.yaml.
 REG, GRID = load_registry(config)
-PY = sys.executable  # jobs run with the interpreter that runs Snakemake (the harness environment)
+# Jobs run `python` of the environment that runs Snakemake (the harness environment), also inside SLURM
+# jobs (they re-read this file); no interpreter path ever appears in a shell command.
+if not os.environ.get("PATH", "").startswith(str(Path(sys.executable).parent) + os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 wildcard_constraints:
@@ -25,11 +38,16 @@ def protocol_of(run_id):
     return REG.protocols[REG.run_protocol[run_id]]
 
 
-def stage_resource(stage, key, default, run_id=None):
-    """One resource of a stage for the run in the wildcards (or the fixed ``run_id``), else ``default``."""
-    def get(wildcards, attempt=1):
-        return protocol_of(run_id or wildcards.run)["resources"][stage].get(key, default)
-    return get
+def stage_resources(stage, run_id=None):
+    """The resources of a stage for the run in the wildcards (or the fixed ``run_id``), with defaults."""
+    defaults = {"gpu": 0, "nodes": 1, "cpus_per_task": 1, "mem_mb": 2000, "runtime": "30m"}
+
+    def one(key):
+        def get(wildcards, attempt=1):
+            return protocol_of(run_id or wildcards.run)["resources"][stage].get(key, defaults[key])
+        return get
+
+    return {key: one(key) for key in defaults}
 
 
 def launcher(stage, module):
@@ -37,10 +55,106 @@ def launcher(stage, module):
     def get(wildcards):
         gpus = int(protocol_of(wildcards.run)["resources"][stage].get("gpu", 0))
         if gpus > 1:
-            return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m {module} --"
-        return f"{PY} -m {module}"
+            return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m {module} --"
+        return f"python -m {module}"
     return get
 
 
 def latents_index(wildcards):
     return f"{REG.runs[wildcards.run]['latents']}/index.json"
+
+
+# Training -------------------------------------------------------------------------------------------------
+
+
+def previous_checkpoint(wildcards):
+    prev = REG.previous_milestone(wildcards.run, int(wildcards.step))
+    return [] if prev is None else [path("checkpoint", run=wildcards.run, step=prev)]
+
+
+# Sampling and cells ---------------------------------------------------------------------------------------
+
+
+def _sample_sets():
+    """(run, step, tag) -> the sampler settings of that sample set, from the registry's cells."""
+    sets = {}
+    for cell in REG.all_cells():
+        sets[(cell.run_id, str(cell.step), cell.sample_tag)] = cell
+    return sets
+
+
+SAMPLE_SETS = _sample_sets()
+
+
+def sample_set(wildcards):
+    key = (wildcards.run, wildcards.step, wildcards.tag)
+    if key not in SAMPLE_SETS:
+        raise ValueError(f"no cell of the registry samples {wildcards.run} step {wildcards.step} as {wildcards.tag}")
+    return SAMPLE_SETS[key]
+
+
+def sampler_flags(sampler):
+    """Command-line flags of pipeline.sample / sample_grid for a protocol's sampler block."""
+    flags = ["--sampler", sampler["kind"]]
+    if "steps" in sampler and sampler["kind"] != "dopri5":
+        flags += ["--steps", str(sampler["steps"])]
+    if "atol" in sampler:
+        flags += ["--atol", str(sampler["atol"]), "--rtol", str(sampler["rtol"])]
+    return flags
+
+
+def sample_flags(wildcards):
+    cell = sample_set(wildcards)
+    return sampler_flags(cell.sampler) + ["--cfg-scale", f"{cell.cfg:g}", "--num-samples", str(cell.num_samples),
+                                          "--seed", str(cell.seed)]
+
+
+def metrics_reference(wildcards):
+    from pipeline.registry import reference_path
+
+    return reference_path(protocol_of(wildcards.run))
+
+
+def cell_specs(wildcards):
+    cells = REG.cell_groups(wildcards.experiment).get(wildcards.cell)
+    if not cells:
+        raise ValueError(f"no cell {wildcards.cell!r} in {wildcards.experiment}")
+    return cells
+
+
+# Compute budget -------------------------------------------------------------------------------------------
+
+
+def budget_options():
+    """pipeline.budget flags for the budget_* keys set in the config."""
+    options = []
+    for flag, key in (("--gpu", "budget_gpu"), ("--cpu", "budget_cpu"), ("--throughput", "budget_throughput")):
+        if config.get(key):
+            options += [flag, str(config[key])]
+    return options
+
+
+# Figures and tables ---------------------------------------------------------------------------------------
+
+
+def cells_of(experiment):
+    return sorted({c.target for c in REG.cells[experiment]})
+
+
+FIGURES = ("fig1", "fig2", "fig4", "fig5", "fig6", "fig7")
+TABLES = ("table1", "table2", "table3")
+
+
+def report_outputs(name):
+    outputs = {"csv": report(path("table", experiment=name), category=name)}
+    if name in FIGURES:
+        outputs["pdf"] = path("figure", experiment=name, ext="pdf")
+        outputs["png"] = report(path("figure", experiment=name, ext="png"), category=name)
+    return outputs
+
+
+def fig3_best_std_results(wildcards):
+    """Fig. 2 results are an optional input: used (and then tracked) only once they exist, so Fig. 3 never
+    waits for training. When results/fig2.csv appears later, Fig. 3 reruns (its input is newer)."""
+    results = config["fig3"]["best_std"]["results"]
+    return [results] if Path(results).exists() else []

@@ -1,5 +1,5 @@
 # Data: reference sets, dataset npz files and precomputed latents. Everything comes from the scale
-# config (keys documented in pipeline/data.py): datasets, autoencoders, references, and the optional
+# config (keys documented in pipeline/data_config.py): datasets, autoencoders, references, and the optional
 # weights_dir and latents {shard_size, batch_size, num_workers, seed}.
 #
 # work/reference/<reference>.npz (+ .json)          ADM npz the metrics compare against: built from the
@@ -7,23 +7,28 @@
 # work/data/<dataset>-<split>.npz (+ .json)         a digits split as an ADM-format npz (train/reference/all)
 # work/latents/<dataset>-<res>px-<ae>-<flip>/       shard-XXXXX.safetensors + index.json (flip: flip|noflip);
 #                                                   shards are resumable and survive a failed job
-import os as _os
-import re as _re
-import shlex as _shlex
-import sys as _sys
 
-from pipeline.data import latents_cli_args, reference_cli_args
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
 
-_DATA_PY = _sys.executable  # the interpreter that runs Snakemake (the harness environment)
+from pipeline.data_config import latents_cli_args, reference_cli_args
+
+# As common.smk: jobs run `python` of the environment that runs Snakemake (also when this file is included
+# on its own, as tests/test_data_rules.py does).
+if not os.environ.get("PATH", "").startswith(str(Path(sys.executable).parent) + os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
-def _alternatives(names):
+def alternatives(names):
     """A wildcard constraint matching exactly the configured names."""
     names = sorted(names, key=len, reverse=True)
-    return "|".join(_re.escape(str(n)) for n in names) or "(?!)"
+    return "|".join(re.escape(str(n)) for n in names) or "(?!)"
 
 
-def _digits_datasets():
+def digits_datasets():
     return [n for n, d in (config.get("datasets") or {}).items() if (d or {}).get("kind") == "digits"]
 
 
@@ -38,13 +43,13 @@ def _latents_protocol_resources(wildcards):
     return {}
 
 
-def _latents_resource(key, default):
+def latents_resource(key, default):
     def get(wildcards, attempt=1):
         return _latents_protocol_resources(wildcards).get(key, default)
     return get
 
 
-def _latents_command(wildcards):
+def latents_command(wildcards):
     """`python` or `torchrun` (several GPUs) + `-m pipeline.latents` and its arguments."""
     res = _latents_protocol_resources(wildcards)
     gpus = int(res.get("gpu", 0))
@@ -52,17 +57,17 @@ def _latents_command(wildcards):
     workers = max(0, cpus // max(gpus, 1) - 1)
     args = latents_cli_args(config, wildcards.dataset, int(wildcards.res), wildcards.ae,
                             wildcards.flip == "flip", num_workers=workers)
-    launch = [_DATA_PY] if gpus <= 1 else [_DATA_PY, "-m", "torch.distributed.run", "--standalone",
+    launch = ["python"] if gpus <= 1 else ["python", "-m", "torch.distributed.run", "--standalone",
                                           "--nnodes=1", f"--nproc_per_node={gpus}"]
-    return " ".join(_shlex.quote(a) for a in [*launch, "-m", "pipeline.latents", *args])
+    return " ".join(shlex.quote(a) for a in [*launch, "-m", "pipeline.latents", *args])
 
 
-def _reference_command(wildcards):
+def reference_command(wildcards):
     args = reference_cli_args(config, wildcards.reference)
-    return " ".join(_shlex.quote(a) for a in [_DATA_PY, "-m", "pipeline.data", *args])
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "pipeline.data", *args])
 
 
-def _reference_is_built_from_images(wildcards):
+def reference_is_built_from_images(wildcards):
     return "imagefolder" in reference_cli_args(config, wildcards.reference)
 
 
@@ -71,18 +76,18 @@ rule reference_npz:
         npz="work/reference/{reference}.npz",
         meta="work/reference/{reference}.json",
     wildcard_constraints:
-        reference=_alternatives(config.get("references") or {}),
+        reference=alternatives(config.get("references") or {}),
     params:
-        command=_reference_command,
+        command=reference_command,
     log:
         "work/logs/reference/{reference}.log",
     threads: 1
     resources:
-        cpus_per_task=lambda wc: 8 if _reference_is_built_from_images(wc) else 1,
-        mem_mb=lambda wc: 32000 if _reference_is_built_from_images(wc) else 2000,
-        runtime=lambda wc: "2h" if _reference_is_built_from_images(wc) else "10m",
+        cpus_per_task=lambda wc: 8 if reference_is_built_from_images(wc) else 1,
+        mem_mb=lambda wc: 32000 if reference_is_built_from_images(wc) else 2000,
+        runtime=lambda wc: "2h" if reference_is_built_from_images(wc) else "10m",
     shell:
-        "{params.command} --out {output.npz} 2>&1 | tee {log}"
+        "{params.command} --out {output.npz:q} 2>&1 | tee {log:q}"
 
 
 rule dataset_npz:
@@ -90,10 +95,8 @@ rule dataset_npz:
         npz="work/data/{dataset}-{split}.npz",
         meta="work/data/{dataset}-{split}.json",
     wildcard_constraints:
-        dataset=_alternatives(_digits_datasets()),
+        dataset=alternatives(digits_datasets()),
         split="train|reference|all",
-    params:
-        python=_DATA_PY,
     log:
         "work/logs/data/{dataset}-{split}.log",
     threads: 1
@@ -101,29 +104,29 @@ rule dataset_npz:
         mem_mb=2000,
         runtime="10m",
     shell:
-        "{params.python} -m pipeline.data reference --dataset digits --split {wildcards.split}"
-        " --out {output.npz} 2>&1 | tee {log}"
+        "python -m pipeline.data reference --dataset digits --split {wildcards.split:q}"
+        " --out {output.npz:q} 2>&1 | tee {log:q}"
 
 
 rule latents:
     output:
         "work/latents/{dataset}-{res}px-{ae}-{flip}/index.json",
     wildcard_constraints:
-        dataset=_alternatives(config.get("datasets") or {}),
-        ae=_alternatives(config.get("autoencoders") or {}),
+        dataset=alternatives(config.get("datasets") or {}),
+        ae=alternatives(config.get("autoencoders") or {}),
         res=r"\d+",
         flip="flip|noflip",
     params:
-        command=_latents_command,
-        out=lambda wc, output: _os.path.dirname(output[0]),
+        command=latents_command,
+        out=lambda wc, output: os.path.dirname(output[0]),
     log:
         "work/logs/latents/{dataset}-{res}px-{ae}-{flip}.log",
     threads: 1
     resources:
-        gpu=_latents_resource("gpu", 0),
-        nodes=_latents_resource("nodes", 1),
-        cpus_per_task=_latents_resource("cpus_per_task", 1),
-        mem_mb=_latents_resource("mem_mb", 2000),
-        runtime=_latents_resource("runtime", "30m"),
+        gpu=latents_resource("gpu", 0),
+        nodes=latents_resource("nodes", 1),
+        cpus_per_task=latents_resource("cpus_per_task", 1),
+        mem_mb=latents_resource("mem_mb", 2000),
+        runtime=latents_resource("runtime", "30m"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.command} --out {params.out} 2>&1 | tee {log}"
+        "OMP_NUM_THREADS={threads} {params.command} --out {params.out:q} 2>&1 | tee {log:q}"

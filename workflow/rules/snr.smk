@@ -1,7 +1,7 @@
 # Figure 3 (Sections 2-3): SNR PDFs of the four schedules (Eq. 7, Algorithm 1), uniform and lognorm views.
 # CPU only, seconds; no training needed. The config block lives in config/figures/fig3.yaml and is merged
-# into config["fig3"] here (`--config fig3=...` keys override the file's). Uses PY and ALL_TARGETS from
-# the Snakefile / common.smk.
+# into config["fig3"] here (`--config fig3=...` keys override the file's). Uses ALL_TARGETS from the
+# Snakefile.
 
 import json
 from pathlib import Path
@@ -15,17 +15,10 @@ FIG3 = config["fig3"]
 FIG3_FIGURES = expand("paper_figures/{view}.{ext}", view=[v["name"] for v in FIG3["views"]], ext=["pdf", "png"])
 
 
-def _fig3_best_std_results(wildcards):
-    """Fig. 2 results are an optional input: used (and then tracked) only once they exist, so Fig. 3 never
-    waits for training. When results/fig2.csv appears later, Fig. 3 reruns (its input is newer)."""
-    path = FIG3["best_std"]["results"]
-    return [path] if Path(path).exists() else []
-
-
 rule fig3:
     input:
         code=[BASE / f for f in ("models/snr.py", "models/schedules.py", "models/timesteps.py", "pipeline/figures/fig3.py")],
-        best_std_results=_fig3_best_std_results,
+        best_std_results=fig3_best_std_results,
     output:
         figures=FIG3_FIGURES,
         csv=report("results/fig3.csv", category="fig3"),
@@ -33,14 +26,14 @@ rule fig3:
     params:
         config_json=json.dumps(FIG3, sort_keys=True),
         best_std_flag=lambda wildcards, input: (
-            f"--best-std-results {input.best_std_results}" if input.best_std_results else ""
+            ["--best-std-results", input.best_std_results[0]] if input.best_std_results else []
         ),
     log:
         "logs/fig3.log",
     localrule: True
     shell:
-        "{PY} -m pipeline.figures.fig3 --config-json {params.config_json:q} {params.best_std_flag} "
-        "--fig-dir paper_figures --csv {output.csv} --summary {output.summary} > {log} 2>&1"
+        "python -m pipeline.figures.fig3 --config-json {params.config_json:q} {params.best_std_flag:q}"
+        " --fig-dir paper_figures --csv {output.csv:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS.extend(FIG3_FIGURES + ["results/fig3.csv", "results/fig3_summary.json"])

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.io import atomic_write_json
+from core.io import atomic_write_json
 
 MODULUS = 1_000_003
 

@@ -1,4 +1,4 @@
-"""Atomic file writes, provenance records and seed derivation shared by every stage."""
+"""Atomic file writes, provenance records, seed derivation and config hashing shared by every package."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ _TRACKED_PACKAGES = (
 )
 
 
+class DataSourceError(RuntimeError):
+    """A data set, reference batch or weight file is missing or malformed (one-line message)."""
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file next to ``path``; on success fsync it and rename it over ``path``.
@@ -48,6 +52,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(*paths: str | os.PathLike) -> None:
+    """Delete the temp files that a process killed inside :func:`atomic_write` left next to ``paths``."""
+    for path in map(Path, paths):
+        if path.parent.is_dir():
+            for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:

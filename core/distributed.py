@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
-def join_processes(device: str = "auto", timeout_s: float | None = None) -> tuple[int, int, torch.device, bool]:
-    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, pick this rank's device, join the group if there are several.
+@dataclass
+class Processes:
+    """This process's rank, the world size, its device; ``owns_group`` if this process created the group."""
 
-    Returns ``(rank, world_size, device, owns_group)``; ``owns_group`` is True when this call created the group.
-    """
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group if this process created it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def join_processes(device: str = "auto", timeout_s: float | None = None) -> Processes:
+    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, pick this rank's device, join the group if there are several."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -32,4 +54,4 @@ def join_processes(device: str = "auto", timeout_s: float | None = None) -> tupl
         owns = True
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
-    return rank, world_size, dev, owns
+    return Processes(rank, world_size, dev, owns)

@@ -1,0 +1,213 @@
+"""Every config file of the harness, read and schema-checked in one place (config/README.md documents the keys).
+
+- :func:`load_scale`: config/defaults.yaml + config/protocols.yaml + config/scales/<scale>.yaml (+ overrides),
+  merged into the config the registry and the rules read (the Snakefile, pipeline.budget, tests).
+- :func:`load_experiments`, :func:`load_claims`, :func:`load_fig3`: config/experiments.yaml, config/claims.yaml,
+  config/figures/fig3.yaml.
+- :func:`network_for_scale` and ``STAND_INS`` (``{paper network: {scale: stand-in}}``), read off the scales.
+
+Each file is checked against its schema in workflow/schemas/ (jsonschema, draft 2020-12; schemas may refer to
+each other by file name). Cheap to import: PyYAML and jsonschema, no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "config"
+SCHEMA_DIR = ROOT / "workflow" / "schemas"
+DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+PROTOCOLS_FILE = CONFIG_DIR / "protocols.yaml"
+SCALES_DIR = CONFIG_DIR / "scales"
+EXPERIMENTS_FILE = CONFIG_DIR / "experiments.yaml"
+CLAIMS_FILE = CONFIG_DIR / "claims.yaml"
+FIG3_FILE = CONFIG_DIR / "figures" / "fig3.yaml"
+
+# Protocol keys that name a role (the paper's name in config/protocols.yaml) -> the `stand_ins` kind mapping it.
+ROLE_KINDS = {"dataset": "datasets", "autoencoder": "autoencoders", "reference": "references"}
+STAND_IN_KINDS = ("datasets", "autoencoders", "references", "networks")
+
+
+class ConfigError(ValueError):
+    """A config file is missing, malformed or inconsistent."""
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of ``path`` (an empty file is ``{}``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no config file {path}")
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    return {} if data is None else data
+
+
+@cache
+def _schemas() -> Registry:
+    """Every workflow/schemas/*.yaml, registered under its file name (what ``$ref`` between schemas uses)."""
+    resources = [(p.name, Resource.from_contents(read_yaml(p), default_specification=DRAFT202012))
+                 for p in sorted(SCHEMA_DIR.glob("*.schema.yaml"))]
+    return Registry().with_resources(resources)
+
+
+def validate(instance: Any, schema: str, what: str) -> None:
+    """Check ``instance`` against workflow/schemas/``schema``; raise :class:`ConfigError` listing every error."""
+    validator = Draft202012Validator(_schemas().contents(schema), registry=_schemas())
+    errors = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = [f"  {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in errors]
+        raise ConfigError(f"{what} does not match workflow/schemas/{schema}:\n" + "\n".join(lines))
+
+
+def scale_names() -> tuple[str, ...]:
+    """The scales there are a file for (config/scales/<scale>.yaml)."""
+    return tuple(sorted(p.stem for p in SCALES_DIR.glob("*.yaml")))
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` on top: mappings merge key by key, anything else is replaced (both are copied)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stand_in(stand_ins: Mapping[str, Any] | None, kind: str, name: str, scale: str) -> str:
+    """What a scale uses for the paper's ``name`` of ``kind`` (datasets, autoencoders, references, networks).
+
+    A scale whose ``stand_ins.<kind>`` is empty or absent uses the paper's names; otherwise it must map ``name``.
+    """
+    table = (stand_ins or {}).get(kind) or {}
+    if not table:
+        return name
+    if name not in table:
+        raise ConfigError(f"scale {scale!r} has no stand-in for the paper's {kind[:-1]} {name!r} "
+                          f"(stand_ins.{kind} maps {sorted(table)})")
+    return str(table[name])
+
+
+def build_protocols(declared: Mapping[str, Any], defaults: Mapping[str, Any], values: Mapping[str, Any],
+                    stand_ins: Mapping[str, Any] | None, scale: str) -> dict[str, dict[str, Any]]:
+    """Full protocols: config/protocols.yaml (``shared`` < ``protocols.<name>``, roles resolved through
+    ``stand_ins``) < the scale's ``protocol_defaults`` < the scale's ``protocols.<name>``."""
+    unknown = sorted(set(values) - set(declared["protocols"]))
+    if unknown:
+        raise ConfigError(f"scale {scale!r} sets protocols {unknown} that config/protocols.yaml does not declare "
+                          f"(declared: {list(declared['protocols'])})")
+    protocols = {}
+    for name, own in declared["protocols"].items():
+        protocol = deep_merge(declared.get("shared") or {}, own)
+        for key, kind in ROLE_KINDS.items():
+            if key in protocol:
+                protocol[key] = stand_in(stand_ins, kind, protocol[key], scale)
+        if "name" in protocol.get("network", {}):
+            protocol["network"]["name"] = stand_in(stand_ins, "networks", protocol["network"]["name"], scale)
+        protocols[name] = deep_merge(deep_merge(protocol, defaults), values.get(name) or {})
+    return protocols
+
+
+def _check_names(config: Mapping[str, Any]) -> None:
+    """Every protocol's data set, autoencoder and reference is configured."""
+    problems = []
+    for name, protocol in config["protocols"].items():
+        for key, kind in ROLE_KINDS.items():
+            if protocol[key] not in (config.get(kind) or {}):
+                problems.append(f"protocol {name}: {key} {protocol[key]!r} is not a key of {kind} "
+                                f"({sorted(config.get(kind) or {})})")
+    if problems:
+        raise ConfigError(f"scale {config['scale']!r}:\n  " + "\n  ".join(problems))
+
+
+def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
+               extra_files: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """The merged, schema-checked config of scale ``name``.
+
+    config/defaults.yaml, then ``extra_files`` (YAML) and ``overrides`` in that order, each top-level key
+    replacing the one before (``overrides`` is what Snakemake's ``--config``/``--configfile`` left in its
+    ``config``); then every key of config/scales/<name>.yaml not set so far. ``protocol_defaults`` and
+    ``protocols`` are value layers over config/protocols.yaml: the result's ``protocols`` are complete and
+    its ``protocol_defaults`` is gone. Loading a loaded config again (as overrides) changes nothing.
+    """
+    path = SCALES_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown scale {name!r}: no {path} (choose {', '.join(scale_names())})")
+    scale_values = read_yaml(path)
+    validate(scale_values, "scale.schema.yaml", str(path.relative_to(ROOT)))
+    declared = read_yaml(PROTOCOLS_FILE)
+    validate(declared, "protocols.schema.yaml", str(PROTOCOLS_FILE.relative_to(ROOT)))
+
+    config: dict[str, Any] = dict(read_yaml(DEFAULTS_FILE))
+    config["scale"] = name
+    for extra in extra_files:
+        config.update(read_yaml(extra))
+    config.update(copy.deepcopy(dict(overrides or {})))
+    for key, value in scale_values.items():
+        config.setdefault(key, value)
+    config["protocols"] = build_protocols(declared, config.pop("protocol_defaults", None) or {},
+                                          config.get("protocols") or {}, config.get("stand_ins"), name)
+    validate(config, "config.schema.yaml", f"the config of scale {name!r}")
+    _check_names(config)
+    return config
+
+
+def load_experiments(path: str | Path = EXPERIMENTS_FILE) -> dict[str, Any]:
+    """The experiment registry (config/experiments.yaml), schema-checked."""
+    experiments = read_yaml(path)
+    validate(experiments, "experiments.schema.yaml", str(path))
+    return experiments
+
+
+def load_claims(path: str | Path = CLAIMS_FILE) -> list[dict[str, Any]]:
+    """The claims of config/claims.yaml (the ``claims`` list), schema-checked."""
+    data = read_yaml(path)
+    validate(data, "claims.schema.yaml", str(path))
+    return data["claims"]
+
+
+def load_fig3(path: str | Path = FIG3_FILE) -> dict[str, Any]:
+    """The ``fig3`` block of config/figures/fig3.yaml, schema-checked."""
+    data = read_yaml(path)
+    validate(data, "fig3.schema.yaml", str(path))
+    return data["fig3"]
+
+
+@cache
+def _network_stand_ins(scales: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    table: dict[str, dict[str, str]] = {}
+    for scale in scales:
+        for paper, small in ((load_scale(scale).get("stand_ins") or {}).get("networks") or {}).items():
+            table.setdefault(paper, {})[scale] = small
+    return table
+
+
+def network_stand_ins(scales: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+    """``{paper network: {scale: stand-in}}`` from each scale's ``stand_ins.networks`` (all scales by default)."""
+    return copy.deepcopy(_network_stand_ins(tuple(scale_names() if scales is None else scales)))
+
+
+def network_for_scale(name: str, scale: str) -> str:
+    """The network scale ``scale`` trains in place of the paper's ``name`` (a scale without stand-ins keeps it)."""
+    from models.networks import family
+
+    family(name)
+    return stand_in(load_scale(scale).get("stand_ins"), "networks", name, scale)
+
+
+def __getattr__(attr: str) -> Any:
+    """``STAND_INS``: :func:`network_stand_ins` of every scale, read when first asked for (no I/O on import)."""
+    if attr == "STAND_INS":
+        return network_stand_ins()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
