@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from core.io import atomic_write_csv, git_commit, provenance
+from pipeline.config import load_claims, load_fig3
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run at this scale"
 COLUMNS = ["claim", "text", "verdict", "reproduced_evidence", "robust", "scale", "git_commit"]
@@ -157,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fig3-config", default="config/figures/fig3.yaml")
     parser.add_argument("--out", default="results/audit.csv")
     args = parser.parse_args(argv)
-    claims = yaml.safe_load(Path(args.claims).read_text())["claims"]
-    fig3_cfg = yaml.safe_load(Path(args.fig3_config).read_text())["fig3"]
+    claims, fig3_cfg = load_claims(args.claims), load_fig3(args.fig3_config)
     rows = audit(load_results(Path(args.results)), claims, fig3_cfg)
     prov = provenance(config={"claims": args.claims, "results": args.results}, seed=None)
     atomic_write_csv(args.out, rows, COLUMNS, prov)

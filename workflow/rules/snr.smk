@@ -4,13 +4,10 @@
 # Snakefile.
 
 import json
-from pathlib import Path
 
-import yaml
+from pipeline.config import load_fig3
 
-with open(Path(workflow.basedir) / "config" / "figures" / "fig3.yaml") as _fig3_fh:
-    _FIG3_DEFAULTS = (yaml.safe_load(_fig3_fh) or {})["fig3"]
-config["fig3"] = {**_FIG3_DEFAULTS, **(config.get("fig3") or {})}
+config["fig3"] = {**load_fig3(), **(config.get("fig3") or {})}
 FIG3 = config["fig3"]
 FIG3_FIGURES = expand("paper_figures/{view}.{ext}", view=[v["name"] for v in FIG3["views"]], ext=["pdf", "png"])
 
