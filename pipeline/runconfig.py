@@ -70,7 +70,8 @@ class InputScale:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A complete, validated run config. Build it with :meth:`from_json`; :meth:`to_json` gives the dict back."""
+    """A complete, validated run config. Build it with :meth:`from_json` (only); :meth:`to_json` gives the dict
+    back."""
 
     network: Mapping[str, Any]
     schedule: str
@@ -123,37 +124,12 @@ class RunConfig:
         return config
 
     def to_json(self) -> dict[str, Any]:
-        """The config as a dict: for one read by :meth:`from_json`, exactly the dict read (defaults filled in,
-        key order and number types kept, so hashes and checkpoints do not change); else from the fields."""
-        if self._json is not None:
-            return copy.deepcopy(self._json)
-        return self._fields_json()
-
-    def _fields_json(self) -> dict[str, Any]:
-        ts, lw, opt = self.timesteps, self.loss_weight, self.optimizer
-        values: dict[str, Any] = {
-            "schedule": self.schedule,
-            "prediction": self.prediction,
-            "input_scale": {"factor": self.input_scale.factor,
-                            **({} if self.input_scale.target_std is None
-                               else {"target_std": self.input_scale.target_std})},
-            "timesteps": {"kind": ts.kind, **({"mu": ts.mu, "sigma": ts.sigma} if ts.kind == "lognorm" else {})},
-            "loss_weight": {"kind": lw.kind, **({"gamma": lw.gamma} if lw.kind == "min-snr" else {})},
-            "direction_loss": self.direction_loss,
-            "direction_weight": self.direction_weight,
-            "optimizer": {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": list(opt.betas),
-                          "grad_clip": opt.grad_clip},
-            "global_batch": self.global_batch,
-            "ema_decay": self.ema_decay,
-            "seed": self.seed,
-            "flip": self.flip,
-            "precision": self.precision,
-            "tf32": self.tf32,
-            "network": copy.deepcopy(dict(self.network)),
-        }
-        if self.latents is not None:
-            values["latents"] = self.latents
-        return values
+        """Exactly the dict :meth:`from_json` read, defaults filled in (key order and number types kept, so run
+        ids, resume hashes and checkpoints do not change). One serialisation only: build configs with
+        :meth:`from_json`."""
+        if self._json is None:
+            raise TypeError("build a RunConfig with RunConfig.from_json(dict), not its constructor")
+        return copy.deepcopy(self._json)
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy through the JSON form
         return (RunConfig.from_json, (self.to_json(),))
