@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: env
-	$(BIN)/snakemake --cores $(CORES) --config scale=$(SCALE)
+	$(BIN)/snakemake --cores $(CORES) --config scale=$(SCALE) --rerun-incomplete
 
 lint: env
 	$(BIN)/ruff check .

@@ -7,7 +7,7 @@ Outputs go to the working directory (`--directory DIR` to put them elsewhere).
 
 from pathlib import Path
 
-from pipeline.config import load_scale
+from pipeline.config import ConfigError, config_error_exit, load_scale
 
 BASE = Path(workflow.basedir)
 
@@ -17,7 +17,11 @@ configfile: BASE / "config" / "defaults.yaml"
 
 # config/defaults.yaml + config/protocols.yaml + config/scales/<scale>.yaml, merged and schema-checked by
 # pipeline.config.load_scale; what --config / --configfile set (in `config` now) replaces the scale's keys.
-_loaded = load_scale(config.get("scale", "mini"), overrides=config)
+# A config that does not load ends Snakemake with one line `error: <key path>: <problem>` (config_error_exit).
+try:
+    _loaded = load_scale(config.get("scale", "mini"), overrides=config)
+except ConfigError as _err:
+    config_error_exit(_err)
 config.clear()
 config.update(_loaded)
 SCALE = config["scale"]

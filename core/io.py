@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _TRACKED_PACKAGES = (
     "torch", "torchvision", "numpy", "scipy", "diffusers", "torchdiffeq",
@@ -27,7 +30,7 @@ _TRACKED_PACKAGES = (
 )
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(InputError):
     """A data set, reference batch or weight file is missing or malformed (one-line message)."""
 
 
@@ -40,7 +43,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -54,12 +57,45 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+_FOREIGN_TEMP_GRACE_S = 3600.0
+
+
+def _writer_tag() -> str:
+    """``<host>-<pid>``: who writes a temp file, so that cleaning up never deletes a live writer's file."""
+    return f"{platform.node().replace('.', '_') or 'host'}-{os.getpid()}"
+
+
+def _writer_is_alive(tmp: Path, name: str) -> bool:
+    """Whether the process that named ``tmp`` (``.<name>.<host>-<pid>.<random>.tmp``) still runs here."""
+    tag = tmp.name[len(name) + 2:].split(".", 1)[0]
+    host, _, pid = tag.rpartition("-")
+    if not pid.isdigit():
+        return False  # an old-style name: no writer recorded
+    if host != (platform.node().replace(".", "_") or "host"):  # another machine: alive while recently written
+        try:
+            return time.time() - tmp.stat().st_mtime < _FOREIGN_TEMP_GRACE_S
+        except FileNotFoundError:
+            return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(*paths: str | os.PathLike) -> None:
-    """Delete the temp files that a process killed inside :func:`atomic_write` left next to ``paths``."""
+    """Delete the temp files that a killed :func:`atomic_write` left next to ``paths``.
+
+    A temp file whose writer still runs on this machine (live pid, this process included) is left alone, and so
+    is one another machine wrote in the last hour (a temp file lives only while its content is being written).
+    """
     for path in map(Path, paths):
         if path.parent.is_dir():
             for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if not _writer_is_alive(tmp, path.name):
+                    tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:

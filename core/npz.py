@@ -57,25 +57,28 @@ def iter_npz_rows(path: str | os.PathLike, batch_size: int, key: str = "arr_0") 
             yield np.frombuffer(bytearray(buffer), dtype=dtype).reshape(count, *row_shape)
 
 
-def validate_adm_npz(path: str | os.PathLike) -> dict[str, Any]:
-    """Check that ``path`` is an ADM image batch (``arr_0`` uint8 NHWC); return what it holds."""
+def validate_adm_npz(path: str | os.PathLike, what: str = "reference batch") -> dict[str, Any]:
+    """Check that ``path`` is an ADM image batch (``arr_0`` uint8 NHWC); return what it holds.
+
+    ``what`` names the file in the messages ("reference batch", "sample set").
+    """
     path = Path(path)
     if not path.is_file():
-        raise DataSourceError(f"reference batch {path} does not exist")
+        raise DataSourceError(f"{what} {path} does not exist")
     try:
         images = npz_array_header(path, "arr_0")
         labels = npz_array_header(path, "arr_1")
         with zipfile.ZipFile(path) as archive:
             keys = sorted(name.removesuffix(".npy") for name in archive.namelist())
     except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise DataSourceError(f"reference batch {path} is not a readable npz ({err})") from err
+        raise DataSourceError(f"{what} {path} is not a readable npz ({err})") from err
     if images is None:
-        raise DataSourceError(f"reference batch {path} has no arr_0 (keys: {', '.join(keys)})")
+        raise DataSourceError(f"{what} {path} has no arr_0 (keys: {', '.join(keys)})")
     shape, dtype = images
     if dtype != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3):
-        raise DataSourceError(f"reference batch {path}: arr_0 must be uint8 NHWC, got {dtype} {shape}")
+        raise DataSourceError(f"{what} {path}: arr_0 must be uint8 NHWC, got {dtype} {shape}")
     if labels is not None and (labels[0] != (shape[0],) or labels[1].kind not in "iu"):
-        raise DataSourceError(f"reference batch {path}: arr_1 must be {shape[0]} integer labels, got "
+        raise DataSourceError(f"{what} {path}: arr_1 must be {shape[0]} integer labels, got "
                               f"{labels[1]} {labels[0]}")
     return {"num_images": shape[0], "shape": list(shape), "has_labels": labels is not None, "keys": keys}
 

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import InputError, one_line, positive_int, require_file, run_cli, safe_torch_load
 from core.io import atomic_save_torch, atomic_write_json, provenance
 
 FORMAT_TAG = "fasterdit-digits-classifier/1"
@@ -175,12 +177,12 @@ def save_digits_classifier(model: DigitsClassifier, report: Mapping[str, Any], p
 def load_digits_classifier(path: str | os.PathLike, device: str | torch.device = "cpu",
                            ) -> tuple[DigitsClassifier, dict[str, Any]]:
     """Load a classifier saved by :func:`save_digits_classifier`; checks the format tag and weights hash."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = safe_torch_load(path, what="digits classifier file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
-        raise ValueError(f"{path} is not a digits classifier file ({FORMAT_TAG})")
+        raise InputError(f"{path}: not a digits classifier file ({FORMAT_TAG})")
     digest = state_dict_sha256(payload["state_dict"])
     if digest != payload["state_dict_sha256"]:
-        raise ValueError(f"{path}: weights hash {digest} does not match the recorded "
+        raise InputError(f"{path}: weights hash {digest} does not match the recorded "
                          f"{payload['state_dict_sha256']}")
     model = DigitsClassifier(DigitsClassifierConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
@@ -190,8 +192,12 @@ def load_digits_classifier(path: str | os.PathLike, device: str | torch.device =
 
 
 def _read_labeled_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["arr_0"], data["arr_1"]
+    """``(arr_0, arr_1)`` of an ADM npz with labels; a bad file is one :class:`InputError` naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["arr_0"], data["arr_1"]
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise InputError(f"{path}: not an ADM npz with images and labels (arr_0, arr_1): {one_line(err)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -201,9 +207,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="classifier file (.pt)")
     parser.add_argument("--report", required=True, help="JSON report (accuracy, hash, provenance)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=positive_int, default=20)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    require_file(args.train, "training split npz")
+    require_file(args.test, "test split npz")
     train_images, train_labels = _read_labeled_npz(args.train)
     test_images, test_labels = _read_labeled_npz(args.test)
     model, report = train_digits_classifier(train_images, train_labels, test_images, test_labels,
@@ -216,4 +224,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

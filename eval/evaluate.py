@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.errors import positive_int, require_file, run_cli
 from core.io import atomic_write_json, provenance
+from core.npz import validate_adm_npz
 from eval.features import DEFAULT_BATCH_SIZE, FeatureExtractor, build_extractor, extract_npz
 from eval.metrics import (
     ADM_FID_EPS,
@@ -76,12 +79,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--weights", default=None,
                         help="extractor weights; Inception defaults to torch-fidelity's file in the torch hub cache")
     parser.add_argument("--out", required=True, help="metrics JSON")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--split-size", type=int, default=ADM_IS_SPLIT_SIZE, help="IS split size (ADM: 5000)")
-    parser.add_argument("--k", type=int, default=ADM_PR_NEIGHBOURHOOD, help="P/R neighbourhood (ADM: 3)")
-    parser.add_argument("--pr-block-size", type=int, default=ADM_PR_BLOCK_SIZE)
+    parser.add_argument("--split-size", type=positive_int, default=ADM_IS_SPLIT_SIZE,
+                        help="IS split size (ADM: 5000)")
+    parser.add_argument("--k", type=positive_int, default=ADM_PR_NEIGHBOURHOOD, help="P/R neighbourhood (ADM: 3)")
+    parser.add_argument("--pr-block-size", type=positive_int, default=ADM_PR_BLOCK_SIZE)
     args = parser.parse_args(argv)
+    validate_adm_npz(args.reference, "reference batch")  # both read before the extractor is built
+    validate_adm_npz(args.samples, "sample set")
+    if args.weights is not None:
+        require_file(args.weights, f"{args.extractor} extractor weights")
     return score_npz(args.reference, args.samples, args.out, args.extractor, args.weights, args.batch_size,
                      args.device, args.split_size, args.k, args.pr_block_size)
 
@@ -104,4 +112,4 @@ def score_npz(reference: str | os.PathLike, samples: str | os.PathLike, out: str
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from core.errors import InputError, safe_torch_load
 from core.npz import iter_npz_rows
 from core.precision import tf32_disabled
 
@@ -120,9 +121,9 @@ class InceptionExtractor(_BatchedExtractor):
         self.weights_path = str(path)
         self.weights_sha256 = file_sha256(path)
         # torch-fidelity loads the file with weights_only=False; refuse anything that is not plain tensors.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path, what="Inception weights file")
         if not isinstance(state, dict) or not all(torch.is_tensor(value) for value in state.values()):
-            raise ValueError(f"{path} is not a state dict of tensors")
+            raise InputError(f"{path}: Inception weights must be a state dict of tensors")
         del state
         self.device = torch.device(device)
         self.model = FeatureExtractorInceptionV3(

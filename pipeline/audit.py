@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.errors import run_cli
 from core.io import atomic_write_csv, git_commit, provenance
 from pipeline.config import load_claims, load_fig3
 
@@ -167,4 +168,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

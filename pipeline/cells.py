@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from core.errors import InputError, one_line, run_cli
 from core.io import atomic_write_json, provenance
 from pipeline.registry import Cell
 
@@ -33,13 +34,16 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, flo
 
 def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, scale: str) -> dict[str, Any]:
     """Gather a cell's per-seed metrics into ``out`` (JSON, atomic) and return the record."""
+    if not cells:
+        raise InputError("--specs: a cell needs at least one seed's spec")
+    if len(cells) != len(metrics_files):
+        raise InputError(f"--metrics: {len(metrics_files)} file(s) for {len(cells)} seed spec(s)")
     first = cells[0]
     per_seed: dict[str, dict[str, float]] = {}
     sources = []
     for cell, path in zip(cells, metrics_files, strict=True):
+        per_seed[str(cell.seed)] = _read_metrics(path, cell.metrics)
         record = json.loads(Path(path).read_text())
-        values = record["metrics"]
-        per_seed[str(cell.seed)] = {m: float(values[METRIC_KEYS[m]]) for m in cell.metrics}
         sources.append({"seed": cell.seed, "run": cell.run_id, "metrics_file": path,
                         "samples": cell.samples_path, "settings": record.get("settings", {})})
     summary = {m: mean_interval([per_seed[s][m] for s in per_seed]) for m in first.metrics}
@@ -64,13 +68,32 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
     return result
 
 
+def _read_metrics(path: str, metrics: Sequence[str]) -> dict[str, float]:
+    """The cell's metrics from one metrics JSON (eval.evaluate's), each finite; one line naming a bad file."""
+    try:
+        values = json.loads(Path(path).read_text())["metrics"]
+        picked = {m: float(values[METRIC_KEYS[m]]) for m in metrics}
+    except FileNotFoundError:
+        raise InputError(f"{path}: metrics file not found") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: not a metrics JSON of eval.evaluate ({one_line(err)})") from None
+    bad = [m for m, v in picked.items() if not math.isfinite(v)]
+    if bad:
+        raise InputError(f"{path}: non-finite {', '.join(bad)}")
+    return picked
+
+
 def cells_to_json(cells: Sequence[Cell]) -> str:
     """The specs of a cell's seeds as JSON (what the ``cell`` rule hands to :func:`main`)."""
     return json.dumps([asdict(c) for c in cells], sort_keys=True)
 
 
 def cells_from_json(text: str) -> list[Cell]:
-    return [Cell(**{**spec, "metrics": tuple(spec["metrics"])}) for spec in json.loads(text)]
+    """The seed specs of :func:`cells_to_json`; text that is not such a list is one :class:`InputError`."""
+    try:
+        return [Cell(**{**spec, "metrics": tuple(spec["metrics"])}) for spec in json.loads(text)]
+    except (ValueError, TypeError, KeyError) as err:
+        raise InputError(f"--specs: not a JSON list of cell specs ({one_line(err)})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,4 +110,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

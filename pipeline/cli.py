@@ -1,6 +1,7 @@
 """``fasterdit <stage> [flags]``: one console entry point for the stage CLIs that the rules call.
 
-``fasterdit train --help`` is ``python -m pipeline.train --help``; every stage keeps its own flags.
+``fasterdit train --help`` is ``python -m pipeline.train --help``; every stage keeps its own flags, and a bad input
+ends in one ``error:`` line as with ``python -m`` (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+
+from core.errors import run_cli
 
 STAGES: dict[str, str] = {
     "data": "pipeline.data",
@@ -40,10 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     stage, rest = args[0], args[1:]
     if stage not in STAGES:
-        print(f"error: unknown stage {stage!r}\n{_usage()}", file=sys.stderr)
+        print(f"error: unknown stage {stage!r}; stages: {', '.join(STAGES)} (fasterdit --help)", file=sys.stderr)
         return 2
-    result = importlib.import_module(STAGES[stage]).main(rest)
-    return result if isinstance(result, int) else 0  # some stages return their summary
+    return run_cli(importlib.import_module(STAGES[stage]).main, rest)  # bad input: one line, exit 2
 
 
 if __name__ == "__main__":

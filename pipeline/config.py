@@ -13,6 +13,9 @@ each other by file name). Cheap to import: PyYAML and jsonschema, no torch.
 from __future__ import annotations
 
 import copy
+import difflib
+import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -60,13 +64,52 @@ def _schemas() -> Registry:
     return Registry().with_resources(resources)
 
 
+_MAX_MESSAGE = 160     # characters of one schema error's message (jsonschema quotes whole values)
+_MAX_ERRORS = 3        # schema errors named in one ConfigError (then "+N more")
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    return "/".join(str(p) for p in parts) or "(top)"
+
+
+def _describe(error: ValidationError) -> list[str]:
+    """One schema error as ``key/path: what is wrong`` (an unknown key names the key and the closest known one)."""
+    error = best_match([error])          # anyOf / oneOf: the branch that came closest, not "is not valid under"
+    if error.validator == "additionalProperties" and error.validator_value is False \
+            and isinstance(error.instance, Mapping):
+        known = list(error.schema.get("properties") or {})
+        patterns = list(error.schema.get("patternProperties") or {})
+        lines = []
+        for key in error.instance:
+            if key in known or any(re.search(p, str(key)) for p in patterns):
+                continue
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key ({hint})")
+        if lines:
+            return lines
+    message = " ".join(error.message.split())
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE - 3] + "..."
+    return [f"{_key_path(error.absolute_path)}: {message}"]
+
+
 def validate(instance: Any, schema: str, what: str) -> None:
-    """Check ``instance`` against workflow/schemas/``schema``; raise :class:`ConfigError` listing every error."""
+    """Check ``instance`` against workflow/schemas/``schema``; raise :class:`ConfigError`, one line naming the
+    path of each bad key (``protocols/section3/steps: 0 is less than the minimum of 1``)."""
     validator = Draft202012Validator(_schemas().contents(schema), registry=_schemas())
     errors = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = [f"  {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in errors]
-        raise ConfigError(f"{what} does not match workflow/schemas/{schema}:\n" + "\n".join(lines))
+        lines = list(dict.fromkeys(line for e in errors for line in _describe(e)))
+        more = f"; +{len(lines) - _MAX_ERRORS} more" if len(lines) > _MAX_ERRORS else ""
+        raise ConfigError(f"{what} does not match workflow/schemas/{schema}: " + "; ".join(lines[:_MAX_ERRORS]) + more)
+
+
+def config_error_exit(err: BaseException) -> None:
+    """End the process with ``error: <err as one line>`` on stderr and exit code 1, no traceback: what the
+    Snakefile and the rule files do with a :class:`ConfigError` while Snakemake parses them."""
+    print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
+    raise SystemExit(1)
 
 
 def scale_names() -> tuple[str, ...]:
@@ -128,7 +171,7 @@ def _check_names(config: Mapping[str, Any]) -> None:
                 problems.append(f"protocol {name}: {key} {protocol[key]!r} is not a key of {kind} "
                                 f"({sorted(config.get(kind) or {})})")
     if problems:
-        raise ConfigError(f"scale {config['scale']!r}:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"scale {config['scale']!r}: " + "; ".join(problems))
 
 
 def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
@@ -141,9 +184,10 @@ def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
     ``protocols`` are value layers over config/protocols.yaml: the result's ``protocols`` are complete and
     its ``protocol_defaults`` is gone. Loading a loaded config again (as overrides) changes nothing.
     """
+    if name not in scale_names():      # before building a path from it (`--config scale=../..` reads nothing)
+        raise ConfigError(f"scale: unknown scale {name!r} (choose {', '.join(scale_names())}: "
+                          "config/scales/<scale>.yaml)")
     path = SCALES_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown scale {name!r}: no {path} (choose {', '.join(scale_names())})")
     scale_values = read_yaml(path)
     validate(scale_values, "scale.schema.yaml", str(path.relative_to(ROOT)))
     declared = read_yaml(PROTOCOLS_FILE)
@@ -154,6 +198,8 @@ def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
     for extra in extra_files:
         config.update(read_yaml(extra))
     config.update(copy.deepcopy(dict(overrides or {})))
+    if isinstance(config.get("fig3"), Mapping):
+        config["fig3"] = cli_numbers(config["fig3"])
     for key, value in scale_values.items():
         config.setdefault(key, value)
     config["protocols"] = build_protocols(declared, config.pop("protocol_defaults", None) or {},
@@ -182,6 +228,28 @@ def load_fig3(path: str | Path = FIG3_FILE) -> dict[str, Any]:
     data = read_yaml(path)
     validate(data, "fig3.schema.yaml", str(path))
     return data["fig3"]
+
+
+def merge_fig3(overrides: Mapping[str, Any] | None = None, path: str | Path = FIG3_FILE) -> dict[str, Any]:
+    """:func:`load_fig3` with ``overrides`` (the run config's ``fig3``) replacing its top-level keys, checked again."""
+    merged = {**load_fig3(path), **cli_numbers(overrides or {})}
+    validate({"fig3": merged}, "fig3.schema.yaml", f"{path} with --config fig3=...")
+    return merged
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def cli_numbers(value: Any) -> Any:
+    """``value`` with number-like strings as numbers: a structured ``--config key={...}`` reaches the config
+    through YAML's BaseLoader, which leaves every scalar a string (``{n_samples: 100}`` gives ``"100"``)."""
+    if isinstance(value, Mapping):
+        return {k: cli_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cli_numbers(v) for v in value]
+    if isinstance(value, str) and _NUMBER.match(value):
+        return int(value) if re.fullmatch(r"[+-]?\d+", value) else float(value)
+    return value
 
 
 @cache

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from core.errors import run_cli
 from core.io import DataSourceError
 from pipeline.data_config import check_data_sources
 from pipeline.references import write_reference_npz
@@ -63,4 +64,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

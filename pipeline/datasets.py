@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import one_line
 from core.io import DataSourceError
 
 # --------------------------------------------------------------------------------------------
@@ -196,10 +197,14 @@ class ImageFolderDataset:
 
     def load(self, index: int) -> np.ndarray:
         """The centre-cropped uint8 image ``index``."""
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.root / self.files[index]) as image:
-            return center_crop_arr(image, self.image_size)
+        path = self.root / self.files[index]
+        try:
+            with Image.open(path) as image:
+                return center_crop_arr(image, self.image_size)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # PIL's errors for bad files
+            raise DataSourceError(f"{path}: not a readable image ({one_line(err)})") from None
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         return self.load(index), int(self.labels[index])

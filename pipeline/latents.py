@@ -28,6 +28,7 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from core.errors import run_cli
 from core.io import (
     DataSourceError,
     atomic_write,
@@ -395,4 +396,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -16,26 +16,38 @@ A run config travels as a JSON-able dict (inside checkpoints and result files). 
 - ``precision``: ``fp32`` | ``bf16``; ``tf32``: bool
 - ``latents``: folder holding ``index.json`` (from ``pipeline.latents``)
 
-Every key but ``network`` has a default (:data:`RUN_DEFAULTS`, the only set of defaults).
+Every key but ``network`` has a default (:data:`RUN_DEFAULTS`, the only set of defaults). The merged config is
+checked against ``workflow/schemas/run.schema.yaml`` (types, ranges, enums; ``network.name`` against
+``models.networks``); the first violation is one :class:`~core.errors.InputError` naming the key path, e.g.
+``run config key 'optimizer.lr': expected a finite number > 0, got -1``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
+import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError
 from torch import nn
 
+from core.errors import InputError
 from core.io import config_hash, derive_seed
 from models.losses import LossConfig, rescale_data
 from models.schedules import Schedule, get_schedule
 from models.timesteps import LossWeight, TimestepSampling
 from pipeline.run_defaults import RUN_DEFAULTS
 
+RUN_SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "run.schema.yaml"
 RUN_KEYS: tuple[str, ...] = (*RUN_DEFAULTS, "network", "latents")
 BLOCK_KEYS: dict[str, tuple[str, ...]] = {
     "input_scale": ("factor", "target_std"),
@@ -93,8 +105,12 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, run: Mapping[str, Any]) -> RunConfig:
-        """Read a run config dict: defaults filled in; unknown keys or a missing ``network`` raise ValueError."""
+        """Read a run config dict: defaults filled in, then checked (:func:`validate_run`); unknown keys, a
+        missing ``network`` or a value of the wrong type or range raise :class:`~core.errors.InputError`."""
+        if not isinstance(run, Mapping):
+            raise InputError(f"a run config must be a mapping, not {type(run).__name__}")
         full = _merge_defaults(run)
+        validate_run(full)
         net, opt, scale = full["network"], full["optimizer"], full["input_scale"]
         ts, lw = full["timesteps"], full["loss_weight"]
         latents = full.get("latents")
@@ -169,7 +185,7 @@ def _merge_defaults(run: Mapping[str, Any]) -> dict[str, Any]:
     """``run`` over :data:`RUN_DEFAULTS` (blocks merged one level deep), after checking its keys."""
     unknown = [key for key in run if key not in RUN_KEYS]
     if unknown:
-        raise ValueError(f"unknown run config key(s) {', '.join(map(repr, unknown))}; known: {sorted(RUN_KEYS)}")
+        raise InputError(f"unknown run config key(s) {', '.join(map(repr, unknown))}; known: {sorted(RUN_KEYS)}")
     full = copy.deepcopy(RUN_DEFAULTS)
     for key, value in run.items():
         if isinstance(value, dict) and isinstance(full.get(key), dict):
@@ -177,17 +193,107 @@ def _merge_defaults(run: Mapping[str, Any]) -> dict[str, Any]:
         else:
             full[key] = copy.deepcopy(value)
     if "network" not in full:
-        raise ValueError("a run config needs a 'network' block")
+        raise InputError("a run config needs a 'network' block")
     if not isinstance(full["network"], Mapping) or "name" not in full["network"]:
-        raise ValueError("the run config's 'network' block needs a 'name'")
+        raise InputError("the run config's 'network' block needs a 'name'")
     for block, keys in BLOCK_KEYS.items():
         if not isinstance(full[block], Mapping):
-            raise ValueError(f"run config key {block!r} must be a mapping, not {full[block]!r}")
+            raise InputError(f"run config key {block!r} must be a mapping, not {full[block]!r}")
         extra = [key for key in full[block] if key not in keys]
         if extra:
-            raise ValueError(f"unknown key(s) {', '.join(f'{block}.{k}' for k in extra)} in the run config; "
+            raise InputError(f"unknown key(s) {', '.join(f'{block}.{k}' for k in extra)} in the run config; "
                              f"{block} takes {list(keys)}")
     return full
+
+
+# Schema check: workflow/schemas/run.schema.yaml plus two keywords (``finite``, ``expected``) and a strict integer.
+
+
+def _finite(validator: Any, wanted: bool, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+    if wanted and validator.is_type(instance, "number") and not math.isfinite(instance):
+        yield ValidationError(f"{instance!r} is not finite")
+
+
+def _is_integer(_checker: Any, instance: Any) -> bool:
+    """A whole number written as one: ``8``, not ``8.0`` and not ``True`` (Python's bools are ints)."""
+    return isinstance(instance, numbers.Integral) and not isinstance(instance, bool)
+
+
+_RunValidator = validators.extend(
+    Draft202012Validator, validators={"finite": _finite},
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
+@cache
+def _run_validator() -> Any:
+    with open(RUN_SCHEMA) as handle:
+        schema = yaml.safe_load(handle)
+    _RunValidator.check_schema(schema)
+    return _RunValidator(schema)
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
+               "object": "a mapping", "array": "a list", "null": "null"}
+
+
+def expected_text(schema: Mapping[str, Any]) -> str:
+    """What a (sub)schema of run.schema.yaml asks for, in words: ``a finite number > 0``, ``one of 'fp32', ...``."""
+    if "expected" in schema:
+        return str(schema["expected"])
+    if "enum" in schema:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    words = [_TYPE_WORDS[t] for t in types if t != "null"]
+    text = " or ".join(words) or "a value"
+    if schema.get("finite") and "number" in types:
+        text = text.replace("a number", "a finite number")
+    lo, lo_open = (schema["exclusiveMinimum"], True) if "exclusiveMinimum" in schema else (schema.get("minimum"), False)
+    hi, hi_open = (schema["exclusiveMaximum"], True) if "exclusiveMaximum" in schema else (schema.get("maximum"), False)
+    if lo is not None and hi is not None:
+        text += f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        text += f" {'>' if lo_open else '>='} {lo:g}"
+    elif hi is not None:
+        text += f" {'<' if hi_open else '<='} {hi:g}"
+    if "minLength" in schema and "string" in types:
+        text = "a non-empty string"
+    return f"null or {text}" if "null" in types else text
+
+
+def key_path(parts: Any) -> str:
+    """``optimizer.betas[1]`` from a jsonschema path ``['optimizer', 'betas', 1]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def validate_run(full: Mapping[str, Any]) -> None:
+    """Check a defaults-filled run config against workflow/schemas/run.schema.yaml and the network registry.
+
+    The first violation (in schema order) raises one :class:`~core.errors.InputError` line naming its key path:
+    ``run config key 'optimizer.lr': expected a finite number > 0, got -1``.
+    """
+    error = next(iter(_run_validator().iter_errors(full)), None)
+    if error is not None:
+        path = key_path(error.absolute_path)
+        if error.validator in ("required", "additionalProperties"):
+            where = f" key {path!r}" if path else ""
+            raise InputError(f"run config{where}: {error.message}")
+        raise InputError(f"run config key {path!r}: expected {expected_text(error.schema)}, "
+                         f"got {_shown(error.instance)}")
+    from models.networks import NETWORKS
+
+    name = full["network"]["name"]
+    if name not in NETWORKS:
+        raise InputError(f"run config key 'network.name': expected a known network, got {name!r} "
+                         f"(unknown network; known: {', '.join(sorted(NETWORKS))})")
 
 
 def build_network(spec: Mapping[str, Any], init_seed: int | None = None) -> nn.Module:

@@ -33,6 +33,13 @@ micro-batch, device type, TF32), never on the number of processes, ``--batch-siz
 Quantisation: ``uint8 = clamp(127.5·x + 128, 0, 255)`` truncated, as DiT/SiT ``sample_ddp.py`` do; this
 is round-half-up of ``(x + 1)·127.5``, the exact inverse of the harness's ``u/127.5 − 1``.
 
+Refusals, each one :class:`~core.errors.InputError` line before any work or before anything is written for
+the batch at fault: bad flags (:func:`check_sample_options`); a missing, unreadable or non-harness checkpoint,
+or one whose weights in use hold NaN/inf (:func:`pipeline.checkpoints.load_network`); an input multiplier
+that is 0 or not finite; a batch that comes out of the sampler or the decoder with NaN/inf
+(:class:`~pipeline.sample_rows.NonFiniteSamplesError`, naming the sample indices: no shard for it, no npz, no
+metrics); a second run writing the same npz or shard folder (:func:`core.locks.output_lock`, taken by rank 0).
+
 One module at ~400 lines on purpose: the determinism rule above, the session that implements it and the
 stage that applies it read as one story (per-sample pieces: :mod:`pipeline.sample_rows`; shards:
 :mod:`pipeline.sample_shards`).
@@ -43,7 +50,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -56,7 +65,9 @@ from torch import nn
 from tqdm import tqdm
 
 from core.distributed import Processes, join_processes
+from core.errors import InputError, run_cli
 from core.io import config_hash, remove_stale_temporaries
+from core.locks import output_lock
 from core.precision import set_tf32
 from core.shards import Shard, plan_shards, shards_of_rank
 from models.dopri5 import dopri5_per_sample, guided_velocity
@@ -68,7 +79,9 @@ from pipeline.runconfig import build_schedule, input_multiplier
 from pipeline.sample_rows import (
     Batch,
     FixedBatchNetwork,
+    NonFiniteSamplesError,
     PerSampleStepNoise,
+    check_finite,
     in_fixed_batches,
     sample_labels,
     sample_noise,
@@ -98,6 +111,7 @@ class SamplingSession:
     num_classes: int
     micro_batch: int
     device: torch.device
+    source: str = ""  # the checkpoint, named in error messages
     wrapped: FixedBatchNetwork = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,17 +134,33 @@ class SamplingSession:
         if self.sampler.kind == "dopri5":
             t0, t1 = self.schedule.t_range(self.prediction)
             velocity = guided_velocity(self.wrapped, self.schedule, self.prediction, y_dev, self.sampler)
-            x, nfe = dopri5_per_sample(velocity, noise, t0, t1, self.sampler.atol, self.sampler.rtol)
+            try:
+                x, nfe = dopri5_per_sample(velocity, noise, t0, t1, self.sampler.atol, self.sampler.rtol)
+            except FloatingPointError as err:  # NaN/inf in the ODE: name the samples, in one line
+                raise self._non_finite_ode(err, indices) from None
+            check_finite(x, indices, "after sampling", self.source)
             return x, y, nfe.cpu()
         steps = PerSampleStepNoise(self.seed, indices, self.latent_shape, self.device)
         x, count = sample(self.wrapped, self.schedule, self.prediction, noise, y_dev, self.sampler, steps)
+        check_finite(x, indices, "after sampling", self.source)
         return x, y, torch.full((len(indices),), count, dtype=torch.int64)
+
+    def _non_finite_ode(self, err: FloatingPointError, indices: Sequence[int]) -> NonFiniteSamplesError:
+        found = re.search(r"batch rows \[([0-9, ]*)\]", str(err))
+        rows = [int(r) for r in found.group(1).split(",") if r.strip()] if found else []
+        named = ", ".join(str(indices[r]) for r in rows[:8]) if rows else f"{indices[0]}-{indices[-1]}"
+        prefix = f"{self.source}: " if self.source else ""
+        return NonFiniteSamplesError(f"{prefix}sample(s) {named} hit NaN or inf while integrating the sampling "
+                                     f"ODE (dopri5); stopped before quantising to uint8, nothing written for them")
 
     @torch.no_grad()
     def generate(self, indices: Sequence[int], labels: Tensor | None = None) -> Batch:
         """Sample the given indices and decode them to uint8 NHWC images."""
+        indices = [int(i) for i in indices]
         x, y, nfe = self.sample_model_space(indices, labels)
-        return Batch(to_uint8(self.decode(x)).cpu().numpy(), y.numpy(), nfe.numpy())
+        images = self.decode(x)
+        check_finite(images, indices, "after decoding", self.source)
+        return Batch(to_uint8(images).cpu().numpy(), y.numpy(), nfe.numpy())
 
     @torch.no_grad()
     def rows_are_position_invariant(self) -> bool:
@@ -142,6 +172,10 @@ class SamplingSession:
         t = self.schedule.model_time(torch.rand(m, generator=g, dtype=torch.float64)).float().to(self.device)
         y = torch.randint(self.net.num_classes, (m,), generator=g).to(self.device)
         out = self.net(x, t, y)
+        if not bool(torch.isfinite(out).all()):
+            prefix = f"{self.source}: " if self.source else ""
+            raise NonFiniteSamplesError(f"{prefix}the network outputs NaN or inf on random inputs (self-check of "
+                                        f"{m} rows, before sampling); nothing sampled or written")
         rolled = self.net(x.roll(1, 0), t.roll(1, 0), y.roll(1, 0))
         return bool(torch.equal(rolled, out.roll(1, 0)))
 
@@ -187,13 +221,20 @@ def build_session(
     net, run, checkpoint = load_network(ckpt, use_ema=use_ema, device=device)
     classes = int(num_classes if num_classes is not None else net.num_classes)
     if not 1 <= classes <= net.num_classes:
-        raise ValueError(f"num_classes must be in [1, {net.num_classes}], got {classes}")
+        raise InputError(f"--num-classes: expected an integer in [1, {net.num_classes}] (the checkpoint's classes), "
+                         f"got {classes}")
+    data_std = float(checkpoint.get("data_std", 1.0))
+    try:
+        multiplier = input_multiplier(run, data_std)
+    except ZeroDivisionError:  # target_std / data_std with data_std 0
+        multiplier = math.inf
+    if not math.isfinite(multiplier) or multiplier <= 0:
+        raise InputError(f"{ckpt}: input multiplier {multiplier!r} (input_scale {run['input_scale']}, data_std "
+                         f"{data_std!r}) must be finite and > 0; samples are divided by it before decoding")
     ae_spec = resolve_autoencoder_spec(autoencoder, latents_index, run, net.in_channels)
     ae = build_autoencoder(ae_spec, device=device)
-    data_std = float(checkpoint.get("data_std", 1.0))
-    multiplier = input_multiplier(run, data_std)
     session = SamplingSession(net, build_schedule(run), run["prediction"], sampler, ae, multiplier, int(seed),
-                              classes, int(micro_batch), device)
+                              classes, int(micro_batch), device, source=str(ckpt))
     ckpt_path = Path(ckpt).resolve()
     stat = ckpt_path.stat()
     description = {
@@ -212,6 +253,43 @@ def build_session(
         "device_type": device.type,
     }
     return session, description
+
+
+def _check(ok: bool, flag: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise InputError(f"{flag}: expected {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sampler_settings(*, sampler: str, steps: int, cfg_scale: float, atol: float, rtol: float, seed: int,
+                           micro_batch: int, legacy_cfg_channels: int | None = None) -> None:
+    """The flags shared by ``pipeline.sample`` and ``pipeline.sample_grid``, checked before any work: one
+    :class:`~core.errors.InputError` line naming the flag. ``--cfg-scale`` 1 is no guidance, 0 unconditional."""
+    _check(sampler in SAMPLERS, "--sampler", f"one of {', '.join(SAMPLERS)}", sampler)
+    _check(_is_int(steps) and steps >= 1, "--steps", "an integer >= 1", steps)
+    _check(_is_number(cfg_scale) and cfg_scale >= 0, "--cfg-scale",
+           "a finite number >= 0 (1 = no guidance)", cfg_scale)
+    _check(_is_number(atol) and atol > 0, "--atol", "a finite number > 0", atol)
+    _check(_is_number(rtol) and rtol > 0, "--rtol", "a finite number > 0", rtol)
+    _check(_is_int(seed) and seed >= 0, "--seed", "an integer >= 0", seed)
+    _check(_is_int(micro_batch) and micro_batch >= 1, "--micro-batch", "an integer >= 1", micro_batch)
+    _check(legacy_cfg_channels is None or (_is_int(legacy_cfg_channels) and legacy_cfg_channels >= 1),
+           "--legacy-cfg-channels", "an integer >= 1", legacy_cfg_channels)
+
+
+def check_checkpoint_path(ckpt: str | os.PathLike) -> Path:
+    """``ckpt`` as a path if it is a file (its contents are checked when it is loaded)."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: checkpoint is not a file")
+    return path
 
 
 def sampler_description(cfg: SamplerConfig) -> dict[str, Any]:
@@ -265,6 +343,25 @@ class SampleOptions:
         return cls(use_ema=not args.raw_weights, **{name: getattr(args, name) for name in names})
 
 
+def check_sample_options(opts: SampleOptions) -> None:
+    """The options of a sample set, checked before any work: one :class:`~core.errors.InputError` line naming
+    the flag (``--num-samples: expected an integer >= 1, got 0``)."""
+    _check(_is_int(opts.num_samples) and opts.num_samples >= 1, "--num-samples", "an integer >= 1",
+           opts.num_samples)
+    _check(_is_int(opts.batch_size) and opts.batch_size >= 1, "--batch-size", "an integer >= 1", opts.batch_size)
+    _check(_is_int(opts.shard_size) and opts.shard_size >= 1, "--shard-size", "an integer >= 1", opts.shard_size)
+    _check(opts.num_classes is None or (_is_int(opts.num_classes) and opts.num_classes >= 1), "--num-classes",
+           "an integer >= 1", opts.num_classes)
+    check_sampler_settings(sampler=opts.sampler, steps=opts.steps, cfg_scale=opts.cfg_scale, atol=opts.atol,
+                           rtol=opts.rtol, seed=opts.seed, micro_batch=opts.micro_batch,
+                           legacy_cfg_channels=opts.legacy_cfg_channels)
+
+
+def first_rank(processes: Processes | None = None) -> bool:
+    """Whether this process is rank 0 (``RANK`` unset or 0 before the process group exists)."""
+    return processes.is_main if processes is not None else int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def sample_to_npz(
     ckpt: str | os.PathLike, out: str | os.PathLike, options: SampleOptions | None = None, *,
     processes: Processes | None = None, **overrides: Any,
@@ -274,11 +371,25 @@ def sample_to_npz(
     ``overrides`` replace fields of ``options`` (``sample_to_npz(ckpt, out, num_samples=100, seed=1)``).
     Works in one process or under torchrun (every rank calls it). Returns the sidecar dict on rank 0
     and ``{"rank": r, "shards_computed": n}`` on the others.
+
+    Options are checked first (:func:`check_sample_options`), then rank 0 takes the output lock of ``out`` and
+    the shard folder (:func:`core.locks.output_lock`): a second run for the same output refuses at once with
+    one line instead of deleting the first one's shards. The other ranks of a torchrun job work under rank 0's
+    lock; when rank 0 refuses, torchrun stops them.
     """
     opts = replace(options or SampleOptions(), **overrides)
+    check_sample_options(opts)
+    ckpt = check_checkpoint_path(ckpt)
+    out = Path(out)
+    shard_path = Path(opts.shard_dir) if opts.shard_dir is not None else out.with_suffix(".shards")
+    guard = output_lock(out, shard_path) if first_rank(processes) else contextlib.nullcontext()
+    with guard:
+        return _sample_locked(ckpt, out, shard_path, opts, processes)
+
+
+def _sample_locked(ckpt: Path, out: Path, shard_path: Path, opts: SampleOptions,
+                   processes: Processes | None) -> dict[str, Any]:
     num_samples, batch_size, micro_batch, seed = opts.num_samples, opts.batch_size, opts.micro_batch, opts.seed
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError("num_samples and batch_size must be >= 1")
     began = time.monotonic()
     # The group is only used for barriers, with a long timeout: ranks with fewer shards wait for the others.
     procs = processes or join_processes(opts.device, timeout_s=86_400.0)
@@ -298,11 +409,14 @@ def sample_to_npz(
         if not invariant:
             print(f"warning: on this device a network row's output depends on its position in a micro-batch "
                   f"of {micro_batch}; the samples may change with --batch-size", file=sys.stderr)
-        out = Path(out)
-        shard_path = Path(opts.shard_dir) if opts.shard_dir is not None else out.with_suffix(".shards")
         shards = plan_shards(num_samples, opts.shard_size)
         mine = shards_of_rank(shards, procs.rank, procs.world_size)
-        computed = _compute_shards(session, mine, shard_path, settings_sha, batch_size, procs, opts.progress)
+        try:
+            computed = _compute_shards(session, mine, shard_path, settings_sha, batch_size, procs, opts.progress)
+        except Exception:
+            with contextlib.suppress(OSError):
+                shard_path.rmdir()  # only if this run left it empty
+            raise
         procs.barrier()
         if not procs.is_main:
             procs.barrier()
@@ -393,14 +507,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_scoring_inputs(args: argparse.Namespace) -> None:
+    """``--metrics-out`` needs a reference npz and extractor weights that exist: checked before sampling."""
+    if args.reference is None:
+        raise InputError("--metrics-out needs --reference")
+    if not Path(args.reference).is_file():
+        raise InputError(f"{args.reference}: reference npz (--reference) not found")
+    if args.extractor_weights is not None:
+        if not Path(args.extractor_weights).is_file():
+            raise InputError(f"{args.extractor_weights}: {args.extractor} extractor weights (--extractor-weights) "
+                             f"not found")
+    elif args.extractor == "digits":
+        raise InputError("--extractor digits needs --extractor-weights (a file from eval.digits_classifier)")
+    else:
+        from eval.features import resolve_inception_weights
+
+        try:
+            resolve_inception_weights(None)
+        except FileNotFoundError as err:
+            raise InputError(f"--extractor-weights not given and {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     args = _parser().parse_args(argv)
-    if args.metrics_out is not None and args.reference is None:
-        raise SystemExit("error: --metrics-out needs --reference")
-    summary = sample_to_npz(args.ckpt, args.out, SampleOptions.from_args(args))
+    options = SampleOptions.from_args(args)
+    check_sample_options(options)
+    check_checkpoint_path(args.ckpt)
+    if args.metrics_out is not None:
+        _check_scoring_inputs(args)
+    summary = sample_to_npz(args.ckpt, args.out, options)
     if "nfe" in summary:  # rank 0, after the merge
         nfe = summary["nfe"]
         print(f"wrote {args.out}: {summary['num_samples']} samples, NFE mean {nfe['mean']:.1f} "
@@ -415,5 +553,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    sys.exit(run_cli(main))

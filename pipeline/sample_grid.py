@@ -3,12 +3,15 @@
 Row ``r`` shows class ``classes[r]``; cell ``(r, c)`` is sample index ``r·per_class + c`` of the seed, so it
 uses that index's initial noise (and DDPM step noise) from :mod:`pipeline.sample` with the label replaced
 by the row's class. A grid is therefore reproducible from (checkpoint, sampler, cfg, seed, classes).
+
+Refused before any sampling, with one :class:`~core.errors.InputError` line: bad flags, a missing or unreadable
+checkpoint or one whose weights hold NaN/inf, and another run writing the same PNG (:func:`core.locks.output_lock`).
+A grid whose samples come out with NaN/inf stops before quantisation (naming the samples) and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -20,10 +23,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.errors import InputError, run_cli
 from core.io import atomic_write, atomic_write_json, provenance
+from core.locks import output_lock
 from core.precision import set_tf32
 from models.samplers import SamplerConfig
-from pipeline.sample import DEFAULT_MICRO_BATCH, add_sampler_arguments, build_session
+from pipeline.sample import (
+    DEFAULT_MICRO_BATCH,
+    add_sampler_arguments,
+    build_session,
+    check_checkpoint_path,
+    check_sampler_settings,
+)
 
 MIN_CELL_PIXELS = 64
 
@@ -78,9 +89,42 @@ def sample_grid(
     upscale: int | None = None,
     padding: int = 2,
 ) -> dict[str, Any]:
-    """Write the grid PNG ``out`` and its JSON sidecar (``out`` with ``.json``); returns the sidecar."""
-    if not classes or per_class < 1:
-        raise ValueError("need at least one class and per_class >= 1")
+    """Write the grid PNG ``out`` and its JSON sidecar (``out`` with ``.json``); returns the sidecar.
+
+    Settings are checked and the output lock of ``out`` taken before any work (a second run for the same PNG
+    refuses at once)."""
+    check_grid_settings(classes=classes, per_class=per_class, upscale=upscale, padding=padding)
+    check_sampler_settings(sampler=sampler, steps=steps, cfg_scale=cfg_scale, atol=atol, rtol=rtol, seed=seed,
+                           micro_batch=micro_batch, legacy_cfg_channels=legacy_cfg_channels)
+    ckpt = check_checkpoint_path(ckpt)
+    with output_lock(out):
+        return _grid_locked(ckpt, out, classes=classes, per_class=per_class, cfg_scale=cfg_scale, sampler=sampler,
+                            steps=steps, atol=atol, rtol=rtol, legacy_cfg_channels=legacy_cfg_channels, seed=seed,
+                            use_ema=use_ema, autoencoder=autoencoder, latents_index=latents_index,
+                            micro_batch=micro_batch, device=device, tf32=tf32, upscale=upscale, padding=padding)
+
+
+def check_grid_settings(*, classes: Sequence[int], per_class: int, upscale: int | None, padding: int) -> None:
+    """The grid's own flags, one :class:`~core.errors.InputError` line naming the flag."""
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not classes or not all(is_int(c) and c >= 0 for c in classes):
+        raise InputError(f"--classes: expected one or more class ids >= 0, got {list(classes)!r}")
+    if not (is_int(per_class) and per_class >= 1):
+        raise InputError(f"--per-class: expected an integer >= 1, got {per_class!r}")
+    if upscale is not None and not (is_int(upscale) and upscale >= 1):
+        raise InputError(f"--upscale: expected an integer >= 1, got {upscale!r}")
+    if not (is_int(padding) and padding >= 0):
+        raise InputError(f"--padding: expected an integer >= 0, got {padding!r}")
+
+
+def _grid_locked(
+    ckpt: Path, out: str | os.PathLike, *, classes: Sequence[int], per_class: int, cfg_scale: float, sampler: str,
+    steps: int, atol: float, rtol: float, legacy_cfg_channels: int | None, seed: int, use_ema: bool,
+    autoencoder: str | Mapping[str, Any] | None, latents_index: str | os.PathLike | None, micro_batch: int,
+    device: str, tf32: bool, upscale: int | None, padding: int,
+) -> dict[str, Any]:
     began = time.monotonic()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,7 +135,7 @@ def sample_grid(
                                          latents_index=latents_index, micro_batch=micro_batch, device=device)
     bad = [c for c in classes if not 0 <= int(c) < session.net.num_classes]
     if bad:
-        raise ValueError(f"classes {bad} are outside [0, {session.net.num_classes})")
+        raise InputError(f"--classes: {bad} are outside the checkpoint's classes [0, {session.net.num_classes})")
     labels = torch.tensor([int(c) for c in classes for _ in range(per_class)], dtype=torch.int64)
     batch = session.generate(range(len(labels)), labels=labels)
     size = batch.images.shape[1]
@@ -145,5 +189,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    sys.exit(run_cli(main))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import InputError
 from core.io import derive_seed
 
 Tensor = torch.Tensor
@@ -96,8 +97,36 @@ class FixedBatchNetwork(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+class NonFiniteSamplesError(InputError):
+    """Generated samples hold NaN or ±inf: they are never quantised (NaN would become 0, ±inf 0 or 255) nor written."""
+
+
+def non_finite_rows(values: Tensor) -> list[int]:
+    """Rows (dim 0) of ``values`` holding NaN or ±inf anywhere."""
+    if values.ndim == 0 or values.shape[0] == 0:
+        return []
+    return (~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)).nonzero().flatten().tolist()
+
+
+def check_finite(values: Tensor, indices: Sequence[int], where: str, source: str = "") -> None:
+    """Raise one :class:`NonFiniteSamplesError` line naming the sample indices whose rows are not finite."""
+    rows = non_finite_rows(values)
+    if not rows:
+        return
+    named = [int(indices[r]) for r in rows]
+    shown = ", ".join(map(str, named[:8])) + (f", ... ({len(named)} of {len(indices)})" if len(named) > 8 else "")
+    prefix = f"{source}: " if source else ""
+    raise NonFiniteSamplesError(f"{prefix}sample(s) {shown} hold NaN or inf {where}; stopped before quantising "
+                                f"to uint8, nothing written for them")
+
+
 def to_uint8(images: Tensor) -> Tensor:
-    """Images in [-1, 1] ``(B, C, H, W)`` → uint8 NHWC with DiT's ``clamp(127.5·x + 128, 0, 255)``."""
+    """Images in [-1, 1] ``(B, C, H, W)`` → uint8 NHWC with DiT's ``clamp(127.5·x + 128, 0, 255)``.
+
+    Non-finite values are refused (:class:`NonFiniteSamplesError`, batch rows named): the cast would turn NaN
+    into 0 and ±inf into 0/255 without a trace.
+    """
+    check_finite(images, range(images.shape[0]), "(batch rows) at quantisation")
     return torch.clamp(127.5 * images.float() + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 

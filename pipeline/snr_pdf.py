@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.errors import positive_float, run_cli
 from core.io import atomic_write_json, atomic_write_text, derive_seed, provenance
 from models.schedules import SCHEDULES
 from models.snr import SNRSetting, analytic_snr_pdf, bin_edges, db_grid, estimate_snr_pdf, make_setting, snr_summary
@@ -81,13 +83,13 @@ def run(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.snr_pdf", description=__doc__.split("\n")[0])
     parser.add_argument("--schedule", required=True, choices=sorted(SCHEDULES))
-    parser.add_argument("--std", type=float, default=1.0, help="data standard deviation (Eq. 5)")
-    parser.add_argument("--C", type=float, default=1.0, help="the data constant C(I) of Eq. 5")
+    parser.add_argument("--std", type=positive_float, default=1.0, help="data standard deviation (Eq. 5)")
+    parser.add_argument("--C", type=positive_float, default=1.0, help="the data constant C(I) of Eq. 5")
     parser.add_argument("--sampling", choices=["uniform", "lognorm"], default="uniform")
     parser.add_argument("--mu", type=float, default=0.0, help="lognorm mean (t = 1 is data)")
-    parser.add_argument("--sigma", type=float, default=1.0, help="lognorm scale")
+    parser.add_argument("--sigma", type=positive_float, default=1.0, help="lognorm scale")
     parser.add_argument("--loss-weight", choices=["none", "min-snr", "snr"], default="none")
-    parser.add_argument("--gamma", type=float, default=5.0, help="min-snr clamp")
+    parser.add_argument("--gamma", type=positive_float, default=5.0, help="min-snr clamp")
     parser.add_argument(
         "--prediction", choices=["noise", "velocity", "data"], default=None,
         help="training target; sets the time range (Schedule.t_range). Default: the whole of [0, 1]",
@@ -121,4 +123,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

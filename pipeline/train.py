@@ -23,7 +23,9 @@ once the milestone is written (the milestone holds the same state).
 
 Exit codes of the CLI: 0 milestone written; :data:`EXIT_RESUMABLE` (75, ``EX_TEMPFAIL``) stopped early by
 a signal or the time budget with a resumable ``rolling.pt`` (rerun the same command); 1 non-finite loss
-(:class:`NonFiniteLossError`; the rolling checkpoint keeps the last good state) or another error. Under
+(:class:`NonFiniteLossError`; the rolling checkpoint keeps the last good state); 2 a bad input or another
+error, as one ``error:`` line (:func:`core.errors.run_cli`; ``--debug`` shows the traceback), among them
+another run holding this segment's output lock (:func:`core.locks.output_lock`). Under
 ``torchrun`` the launcher reports its own non-zero code when a worker exits with 75, and this module's
 flags go after ``--`` (``torchrun --nproc-per-node 8 -m pipeline.train -- --start 0 …``), because
 torchrun's parser would read ``--start`` as an abbreviation of its ``--start-method``.
@@ -47,7 +49,9 @@ import torch
 from tqdm import tqdm
 
 from core.distributed import Processes, join_processes
+from core.errors import InputError, one_line, positive_int, run_cli
 from core.io import atomic_write_text, remove_stale_temporaries
+from core.locks import output_lock
 from core.precision import set_tf32
 from pipeline.checkpoints import save_checkpoint
 from pipeline.runconfig import RunConfig
@@ -138,8 +142,16 @@ def train(
     run = run_config if isinstance(run_config, RunConfig) else RunConfig.from_json(run_config)
     check_precision(run)
     if not 0 <= start < stop:
-        raise ValueError(f"need 0 ≤ start < stop, got {start} → {stop}")
+        raise InputError(f"--start/--stop: need 0 ≤ start < stop, got {start} → {stop}")
     rolling = Path(rolling_dir) / ROLLING_NAME
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per job; torchrun stops the others if it fails
+    guard = output_lock(out, rolling, Path(log_dir) / LOG_NAME) if first_rank else contextlib.nullcontext()
+    with guard:
+        return _train_locked(run, start, stop, out, init, rolling, log_dir, options)
+
+
+def _train_locked(run: RunConfig, start: int, stop: int, out: str | os.PathLike, init: str | os.PathLike | None,
+                  rolling: Path, log_dir: str | os.PathLike, options: TrainOptions) -> dict[str, Any]:
     ctx = join_processes(options.device)
     try:
         with StopSignals() as signals:
@@ -334,6 +346,21 @@ def _non_finite_message(bad_step: int, run: RunConfig, last_good: Path | None) -
 # --------------------------------------------------------------------------------------------
 
 
+def _read_run_config(text: str | None, path: Path | None) -> dict[str, Any]:
+    """The run config of ``--run-json`` text or the ``--run-config`` file, checked (one line if it is bad)."""
+    source = "--run-json" if text is not None else str(path)
+    try:
+        run = json.loads(text if text is not None else path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{source}: run config file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{source}: not a readable JSON run config ({one_line(err)})") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{source}: a run config is a JSON object, not {type(run).__name__}")
+    RunConfig.from_json(run)  # every key checked before anything is written
+    return run
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.train",
@@ -352,12 +379,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="milestone checkpoint to write at --stop")
     parser.add_argument("--rolling-dir", required=True, type=Path, help="folder of rolling.pt")
     parser.add_argument("--log-dir", required=True, type=Path, help="folder of train.jsonl and loss.png")
-    parser.add_argument("--rolling-every-steps", type=int)
+    parser.add_argument("--rolling-every-steps", type=positive_int)
     parser.add_argument("--rolling-every-minutes", type=float, default=30.0)
     parser.add_argument("--time-budget-minutes", type=float, help="stop (exit 75) before this wall time")
     parser.add_argument("--budget-margin-minutes", type=float, default=2.0)
-    parser.add_argument("--log-every", type=int, default=DEFAULT_LOG_EVERY)
-    parser.add_argument("--check-every", type=int, default=DEFAULT_CHECK_EVERY)
+    parser.add_argument("--log-every", type=positive_int, default=DEFAULT_LOG_EVERY)
+    parser.add_argument("--check-every", type=positive_int, default=DEFAULT_CHECK_EVERY)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--in-memory", choices=["auto", "yes", "no"], default="auto")
@@ -378,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     args = _parser().parse_args(argv)
-    run = json.loads(args.run_json if args.run_json is not None else args.run_config.read_text())
+    run = _read_run_config(args.run_json, args.run_config)
     if args.save_run_config is not None and int(os.environ.get("RANK", 0)) == 0:
         atomic_write_text(args.save_run_config, json.dumps(run, sort_keys=True) + "\n")
     try:
@@ -391,5 +418,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    sys.exit(run_cli(main))

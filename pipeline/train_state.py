@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import InputError
 from core.io import provenance
 from models.ema import make_ema
 from pipeline.checkpoints import load_checkpoint
@@ -70,13 +71,13 @@ def choose_start_point(
     if init is not None:
         ckpt = load_checkpoint(init)
         if ckpt["step"] != start:
-            raise ValueError(f"--init {init} is at step {ckpt['step']}, but this segment starts at {start}")
+            raise InputError(f"--init {init} is at step {ckpt['step']}, but this segment starts at {start}")
         theirs = RunConfig.from_json(ckpt["config"]).config_hash()
         if theirs != ours:
-            raise ValueError(f"--init {init} was trained with another run config ({theirs} ≠ {ours})")
+            raise InputError(f"--init {init} was trained with another run config ({theirs} ≠ {ours})")
         return ckpt, init
     if start != 0:
-        raise ValueError(f"segment starts at step {start} but neither --init nor a usable {rolling} exists")
+        raise InputError(f"segment starts at step {start} but neither --init nor a usable {rolling} exists")
     return None, None
 
 
@@ -98,5 +99,5 @@ def init_or_restore(
     restore_rng(ckpt["rng"])
     step = int(ckpt["step"])
     if int(ckpt["data_position"]) != step * run.global_batch:
-        raise ValueError(f"checkpoint data position {ckpt['data_position']} ≠ step {step} × global batch")
+        raise InputError(f"checkpoint data position {ckpt['data_position']} ≠ step {step} × global batch")
     return model, ema, opt, step

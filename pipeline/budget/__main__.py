@@ -2,7 +2,8 @@
 
 import sys
 
+from core.errors import run_cli
 from pipeline.budget.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

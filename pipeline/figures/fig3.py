@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 
+from core.errors import run_cli
 from core.io import atomic_write, atomic_write_json, atomic_write_text, derive_seed, provenance
 from models.snr import analytic_snr_pdf, bin_edges, db_grid, estimate_snr_pdf, make_setting, snr_summary
 
@@ -246,4 +248,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

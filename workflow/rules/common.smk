@@ -15,11 +15,16 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.config import ConfigError, config_error_exit
 from pipeline.paths import PATHS, path
 from pipeline.registry import load_registry
 
-# The Snakefile's pipeline.config.load_scale checked the config, load_registry checks config/experiments.yaml.
-REG, GRID = load_registry(config)
+# The Snakefile's pipeline.config.load_scale checked the config, load_registry checks config/experiments.yaml
+# (and that the config's protocols can hold every cell); a problem ends the run with one line.
+try:
+    REG, GRID = load_registry(config)
+except (ConfigError, ValueError) as _err:
+    config_error_exit(_err)
 # Jobs run `python` of the environment that runs Snakemake (the harness environment), also inside SLURM
 # jobs (they re-read this file); no interpreter path ever appears in a shell command.
 if not os.environ.get("PATH", "").startswith(str(Path(sys.executable).parent) + os.pathsep):
@@ -51,12 +56,15 @@ def stage_resources(stage, run_id=None):
 
 
 def launcher(stage, module):
-    """`python -m MODULE` for one process; torchrun over the job's GPUs for several (`--` ends torchrun's flags)."""
+    """`python -m MODULE` for one process; torchrun over the job's GPUs for several (`--` ends torchrun's flags).
+
+    A list of arguments: the rules quote each one (`{params.launcher:q}`)."""
     def get(wildcards):
         gpus = int(protocol_of(wildcards.run)["resources"][stage].get("gpu", 0))
         if gpus > 1:
-            return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus} -m {module} --"
-        return f"python -m {module}"
+            return ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
+                    "-m", module, "--"]
+        return ["python", "-m", module]
     return get
 
 

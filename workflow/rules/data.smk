@@ -10,7 +10,6 @@
 
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -50,7 +49,8 @@ def latents_resource(key, default):
 
 
 def latents_command(wildcards):
-    """`python` or `torchrun` (several GPUs) + `-m pipeline.latents` and its arguments."""
+    """`python` or `torchrun` (several GPUs) + `-m pipeline.latents` and its arguments, as a list (quoted by
+    the rule, `{params.command:q}`)."""
     res = _latents_protocol_resources(wildcards)
     gpus = int(res.get("gpu", 0))
     cpus = int(res.get("cpus_per_task", res.get("threads", 1)))
@@ -59,12 +59,12 @@ def latents_command(wildcards):
                             wildcards.flip == "flip", num_workers=workers)
     launch = ["python"] if gpus <= 1 else ["python", "-m", "torch.distributed.run", "--standalone",
                                           "--nnodes=1", f"--nproc_per_node={gpus}"]
-    return " ".join(shlex.quote(a) for a in [*launch, "-m", "pipeline.latents", *args])
+    return [*launch, "-m", "pipeline.latents", *map(str, args)]
 
 
 def reference_command(wildcards):
-    args = reference_cli_args(config, wildcards.reference)
-    return " ".join(shlex.quote(a) for a in ["python", "-m", "pipeline.data", *args])
+    """`python -m pipeline.data` and its arguments for one reference, as a list (quoted by the rule)."""
+    return ["python", "-m", "pipeline.data", *map(str, reference_cli_args(config, wildcards.reference))]
 
 
 def reference_is_built_from_images(wildcards):
@@ -87,7 +87,7 @@ rule reference_npz:
         mem_mb=lambda wc: 32000 if reference_is_built_from_images(wc) else 2000,
         runtime=lambda wc: "2h" if reference_is_built_from_images(wc) else "10m",
     shell:
-        "{params.command} --out {output.npz:q} 2>&1 | tee {log:q}"
+        "{params.command:q} --out {output.npz:q} 2>&1 | tee {log:q}"
 
 
 rule dataset_npz:
@@ -129,4 +129,4 @@ rule latents:
         mem_mb=latents_resource("mem_mb", 2000),
         runtime=latents_resource("runtime", "30m"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.command} --out {params.out:q} 2>&1 | tee {log:q}"
+        "OMP_NUM_THREADS={threads} {params.command:q} --out {params.out:q} 2>&1 | tee {log:q}"

@@ -38,7 +38,7 @@ rule sample:
     resources:
         **stage_resources("sample"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} --ckpt {input.ckpt:q} {params.flags:q}"
+        "OMP_NUM_THREADS={threads} {params.launcher:q} --ckpt {input.ckpt:q} {params.flags:q}"
         " --batch-size {params.batch:q} --micro-batch {params.micro:q} --latents-index {input.latents:q}"
         " --out {output.samples:q} --shard-dir {params.shards:q}"
         " --metrics-out {output.metrics:q} --reference {input.reference:q} --extractor {params.kind:q}"
@@ -82,10 +82,12 @@ rule inception_weights:
     params:
         source=EXTRACTOR.get("weights", ""),
     localrule: True
+    # The configured path is data, never code: it reaches the shell once, shell-quoted into a variable
+    # assignment, and is used only as "$source" (an empty path fails `test -f`; `--` stops option parsing).
     shell:
-        "test -f {params.source:q} || {{ echo 'error: Inception weights not found at '{params.source:q}"
-        "' (set extractor.weights in config/scales/paper.yaml to torch-fidelity inception-v3-compat weights)' >&2;"
-        " exit 1; }}; ln -sfn \"$(realpath {params.source:q})\" {output:q} 2> {log:q}"
+        "source={params.source:q}; test -f \"$source\" || {{ echo \"error: Inception weights not found at"
+        " '$source' (set extractor.weights in config/scales/paper.yaml to torch-fidelity inception-v3-compat"
+        " weights)\" >&2; exit 1; }}; ln -sfn -- \"$(realpath -- \"$source\")\" {output:q} 2> {log:q}"
 
 
 rule grids:

@@ -1,13 +1,16 @@
 # Figure 3 (Sections 2-3): SNR PDFs of the four schedules (Eq. 7, Algorithm 1), uniform and lognorm views.
 # CPU only, seconds; no training needed. The config block lives in config/figures/fig3.yaml and is merged
-# into config["fig3"] here (`--config fig3=...` keys override the file's). Uses ALL_TARGETS from the
-# Snakefile.
+# into config["fig3"] here (`--config fig3=...` keys override the file's; the result is schema-checked).
+# Uses ALL_TARGETS from the Snakefile.
 
 import json
 
-from pipeline.config import load_fig3
+from pipeline.config import ConfigError, config_error_exit, merge_fig3
 
-config["fig3"] = {**load_fig3(), **(config.get("fig3") or {})}
+try:
+    config["fig3"] = merge_fig3(config.get("fig3"))
+except ConfigError as _err:
+    config_error_exit(_err)
 FIG3 = config["fig3"]
 FIG3_FIGURES = expand("paper_figures/{view}.{ext}", view=[v["name"] for v in FIG3["views"]], ext=["pdf", "png"])
 

@@ -27,9 +27,10 @@ rule train_segment:
     resources:
         **stage_resources("train"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} --run-json {params.run_json:q}"
-        " --save-run-config {params.run_config:q} --start {params.start} --stop {wildcards.step} {params.init:q}"
+        "OMP_NUM_THREADS={threads} {params.launcher:q} --run-json {params.run_json:q}"
+        " --save-run-config {params.run_config:q} --start {params.start:q} --stop {wildcards.step:q} {params.init:q}"
         " --out {output:q} --rolling-dir {params.rolling:q} --log-dir {params.log_dir:q} {params.plot:q}"
         # Under SLURM, stop cleanly (exit 75, rolling checkpoint) before the job's time limit; the retry resumes.
-        ' $([ -n "${{SLURM_JOB_ID:-}}" ] && echo --time-budget-minutes {resources.runtime})'
+        # (resources.runtime is Snakemake's minutes, an integer; quoted all the same.)
+        ' $([ -n "${{SLURM_JOB_ID:-}}" ] && echo --time-budget-minutes {resources.runtime:q})'
         " > {log:q} 2>&1"
