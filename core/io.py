@@ -182,6 +182,20 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as it may appear in a committed file: relative to the repository or the working directory when it
+    lies under one of them, else its name only (no absolute path of this machine leaks)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    for root in (REPO_ROOT, Path.cwd()):
+        try:
+            return str(path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            continue
+    return path.name
+
+
 def provenance(config: Mapping[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
     """The provenance block every result file carries: config, seed, git commit, versions."""
     return {

@@ -17,13 +17,19 @@ Tensor = torch.Tensor
 
 
 def respaced_indices(num_steps: int, sample_steps: int) -> Tensor:
-    """Evenly spaced DDPM indices (ascending, first 0, last T−1) used by an N-step sampler."""
+    """The DDPM indices an N-step sampler visits (ascending), exactly as DiT's ``space_timesteps(T, [N])``.
+
+    One section: a float cursor advances by (T−1)/(N−1) and each index is Python's ``round`` (ties to even) of
+    its running sum, so N = 250 gives 0, 4, 8, …, 999 and N = 1 gives [0] (IDDPM ``respace.py``, which DiT uses).
+    """
     if not 1 <= sample_steps <= num_steps:
         raise ValueError(f"sample_steps must be in [1, {num_steps}], got {sample_steps}")
-    if sample_steps == 1:
-        return torch.tensor([num_steps - 1])
-    stride = (num_steps - 1) / (sample_steps - 1)
-    return torch.tensor([round(i * stride) for i in range(sample_steps)], dtype=torch.long)
+    stride = (num_steps - 1) / (sample_steps - 1) if sample_steps > 1 else 1.0
+    indices, cursor = [], 0.0
+    for _ in range(sample_steps):
+        indices.append(round(cursor))
+        cursor += stride  # accumulated, not i·stride: the two round differently for many N
+    return torch.tensor(indices, dtype=torch.long)
 
 
 @dataclass
@@ -88,12 +94,22 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
+def approx_standard_normal_cdf(x: Tensor) -> Tensor:
+    """The tanh approximation of the standard normal CDF that IDDPM and DiT use in the decoder NLL:
+    ½·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
 def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
-    """Log-likelihood of data in [−1, 1] quantised to 256 bins under N(mean, e^{2·log_scale}), elementwise."""
+    """Log-likelihood of data in [−1, 1] quantised to 256 bins under N(mean, e^{2·log_scale}), elementwise.
+
+    The CDF is :func:`approx_standard_normal_cdf`, as in IDDPM/DiT, so the hybrid loss's step-0 term is theirs
+    (the exact normal CDF differs by up to ~0.08 bits/dim).
+    """
     centred = x - mean
     inv_std = torch.exp(-log_scale)
-    cdf_plus = torch.special.ndtr(inv_std * (centred + 1.0 / 255))
-    cdf_min = torch.special.ndtr(inv_std * (centred - 1.0 / 255))
+    cdf_plus = approx_standard_normal_cdf(inv_std * (centred + 1.0 / 255))
+    cdf_min = approx_standard_normal_cdf(inv_std * (centred - 1.0 / 255))
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))

@@ -104,7 +104,7 @@ def training_losses(
     out = net(x_t, schedule.model_time(t).to(x.dtype), y_in)
     pred, var_values = (out.chunk(2, dim=1) if net.learn_sigma else (out, None))
     target = training_target(cfg.prediction, x, noise, t, schedule)
-    weight = loss_weight(t, cfg.loss_weight, schedule).to(torch.float32)
+    weight = loss_weight(t, cfg.loss_weight, schedule, cfg.prediction).to(torch.float32)
     terms = {"mse": weight * mse_loss(pred, target)}
     loss = terms["mse"]
     if cfg.direction_loss:

@@ -33,7 +33,8 @@ class SNRSetting:
     """One training configuration whose SNR PDF we want: schedule, data std, C, f_s, f_l, time range.
 
     ``t_range`` is the interval training times are drawn in (``Schedule.t_range(prediction)``); the
-    sampling density is mapped affinely into it, as ``models.timesteps.sample_timesteps`` does.
+    sampling density is mapped affinely into it, as ``models.timesteps.sample_timesteps`` does. ``prediction``
+    is the training target whose MSE f_l multiplies (``data`` when none is given).
     """
 
     schedule: Schedule
@@ -42,6 +43,7 @@ class SNRSetting:
     sampling: TimestepSampling = field(default_factory=TimestepSampling)
     weight: LossWeight = field(default_factory=LossWeight)
     t_range: tuple[float, float] = (0.0, 1.0)
+    prediction: str = "data"  # the training target f_l weighs (min-snr depends on it)
 
     def __post_init__(self) -> None:
         if self.std <= 0 or self.C <= 0:
@@ -84,7 +86,7 @@ def make_setting(
     t_range = sched.t_range(prediction) if prediction is not None else (0.0, 1.0)
     return SNRSetting(
         sched, float(std), float(C), TimestepSampling(sampling, float(mu), float(sigma)),
-        LossWeight(weight, float(gamma)), (float(t_range[0]), float(t_range[1])),
+        LossWeight(weight, float(gamma)), (float(t_range[0]), float(t_range[1])), prediction or "data",
     )
 
 
@@ -196,10 +198,11 @@ def _unnormalised_timestep_density(t: Tensor, setting: SNRSetting) -> Tensor:
     if isinstance(schedule, DDPMSchedule):
         k = _cell_of_time(t, schedule.num_steps)
         t_grid = schedule.time_of_index(torch.arange(schedule.num_steps, dtype=_F64))
-        mass = step_probabilities(schedule, setting.sampling) * loss_weight(t_grid, setting.weight, schedule)
+        weight = loss_weight(t_grid, setting.weight, schedule, setting.prediction)
+        mass = step_probabilities(schedule, setting.sampling) * weight
         return schedule.num_steps * mass[k]
     f_s = sampling_density(t, setting.sampling, setting.t_range)
-    f_l = loss_weight(t.clamp(1e-300, 1.0), setting.weight, schedule)
+    f_l = loss_weight(t.clamp(1e-300, 1.0), setting.weight, schedule, setting.prediction)
     return torch.where(f_s > 0, f_l * f_s, torch.zeros_like(f_s))
 
 
@@ -213,7 +216,8 @@ def timestep_normaliser(setting: SNRSetting, half_width: float = 45.0, step: flo
     schedule = setting.schedule
     if isinstance(schedule, DDPMSchedule):
         t_grid = schedule.time_of_index(torch.arange(schedule.num_steps, dtype=_F64))
-        mass = step_probabilities(schedule, setting.sampling) * loss_weight(t_grid, setting.weight, schedule)
+        weight = loss_weight(t_grid, setting.weight, schedule, setting.prediction)
+        mass = step_probabilities(schedule, setting.sampling) * weight
         return float(mass.sum())
     lo, hi = setting.t_range
     u = torch.arange(-half_width, half_width + step / 2, step, dtype=_F64)

@@ -77,10 +77,15 @@ def timestep_density(t: Tensor, sampling: TimestepSampling) -> Tensor:
 
 @dataclass(frozen=True)
 class LossWeight:
-    """f_l(t): per-time loss weight (factor of Eq. 6).
+    """f_l(t): per-time loss weight (factor of Eq. 6), multiplied onto the MSE of the training target.
 
-    ``none`` (1), ``min-snr`` (min(SNR, gamma), Hang et al. 2023, relative SNR of Eq. 3),
-    ``snr`` (SNR itself, i.e. an x-prediction weighting of an ε loss).
+    - ``none``: 1.
+    - ``min-snr``: Min-SNR-γ (Hang et al. 2023): min(SNR, γ) on the x₀-MSE, carried over to the target's MSE,
+      i.e. min(SNR, γ) for x₀-prediction, min(SNR, γ)/SNR for ε-prediction, and min(SNR, γ)·σ²/(σ′α − σα′)²
+      for velocity (dx_t/dt) prediction, which is min(SNR, γ)/(SNR + 1) for DDPM's v = αε − σx and
+      min(SNR, γ)·t² on the linear flow. SNR is α²/σ² (Eq. 3).
+    - ``snr``: SNR(t) itself, multiplied onto the target's MSE whatever the target (on an ε-MSE that is an
+      x₀-MSE weighted by SNR²). Not integrable against Eq. 6 on most schedules; kept for analysis.
     """
 
     kind: str = "none"
@@ -91,11 +96,27 @@ class LossWeight:
             raise ValueError(f"loss weight must be 'none', 'min-snr' or 'snr', not {self.kind!r}")
 
 
-def loss_weight(t: Tensor, weight: LossWeight, schedule: Schedule) -> Tensor:
-    """Evaluate f_l(t) for a schedule (factor of Eq. 6)."""
+def x0_mse_factor(t: Tensor, schedule: Schedule, prediction: str) -> Tensor:
+    """c(t) with ‖x̂₀ − x₀‖² = c(t)·‖target error‖² for a prediction of ``data``, ``noise`` or ``velocity``.
+
+    x_t = αx₀ + σε: an ε error δ gives an x₀ error σδ/α (c = 1/SNR); a velocity (α′x₀ + σ′ε) error δ gives
+    x₀ = (σ′x_t − σv)/(σ′α − σα′), so c = σ²/(σ′α − σα′)².
+    """
+    if prediction == "data":
+        return torch.ones_like(t)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    if prediction == "noise":
+        return (sigma / alpha) ** 2
+    if prediction == "velocity":
+        return sigma**2 / (schedule.d_sigma(t) * alpha - sigma * schedule.d_alpha(t)) ** 2
+    raise ValueError(f"prediction must be 'data', 'noise' or 'velocity', not {prediction!r}")
+
+
+def loss_weight(t: Tensor, weight: LossWeight, schedule: Schedule, prediction: str = "data") -> Tensor:
+    """Evaluate f_l(t) for a schedule and the training target ``prediction`` (factor of Eq. 6)."""
     if weight.kind == "none":
         return torch.ones_like(t)
     snr = torch.exp(schedule.log_snr(t))
     if weight.kind == "snr":
         return snr
-    return torch.clamp(snr, max=weight.gamma)
+    return torch.clamp(snr, max=weight.gamma) * x0_mse_factor(t, schedule, prediction)

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from core.errors import run_cli
-from core.io import atomic_write_csv, git_commit, provenance
+from core.io import atomic_write_csv, git_commit, portable_path, provenance
 from pipeline.config import load_claims, load_fig3
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run at this scale"
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     claims, fig3_cfg = load_claims(args.claims), load_fig3(args.fig3_config)
     rows = audit(load_results(Path(args.results)), claims, fig3_cfg)
-    prov = provenance(config={"claims": args.claims, "results": args.results}, seed=None)
+    prov = provenance(config={"claims": portable_path(args.claims), "results": portable_path(args.results)}, seed=None)
     atomic_write_csv(args.out, rows, COLUMNS, prov)
     counts = pd.Series([r["verdict"] for r in rows]).value_counts().to_dict()
     print(f"audit: {len(rows)} claims -> {args.out}: {counts}")

@@ -44,10 +44,11 @@ class Cell:
     metrics: tuple[str, ...]
     coords: dict[str, Any] = field(default_factory=dict)   # sweep coordinates (schedule, std, ...)
     paper: dict[str, Any] = field(default_factory=dict)
+    cfg_channels: int | None = None  # channels guidance acts on (None: all, or no guidance at cfg 1)
 
     @property
     def sample_tag(self) -> str:
-        return sample_tag(self.sampler, self.cfg, self.num_samples, self.seed)
+        return sample_tag(self.sampler, self.cfg, self.num_samples, self.seed, self.cfg_channels)
 
     @property
     def target(self) -> str:
@@ -86,6 +87,11 @@ class Registry:
     def all_cells(self) -> list[Cell]:
         return [c for cells in self.cells.values() for c in cells]
 
+    def default_cells(self) -> list[Cell]:
+        """The cells of the default DAG: every experiment but the alternative readings (``alternative:``)."""
+        return [c for exp, cells in self.cells.items() if not self.experiments.get(exp, {}).get("alternative")
+                for c in cells]
+
     def cell_groups(self, experiment: str) -> dict[str, list[Cell]]:
         """Cells of an experiment grouped by id (one entry per seed)."""
         groups: dict[str, list[Cell]] = {}
@@ -94,20 +100,32 @@ class Registry:
         return groups
 
 
-def sample_tag(sampler: Mapping[str, Any], cfg: float, num: int, seed: int) -> str:
-    """Readable name of a sample set: e.g. ``dopri5-cfg1.5-n50000-seed0`` or ``ddpm250-cfg1-n10000-seed0``."""
+def sample_tag(sampler: Mapping[str, Any], cfg: float, num: int, seed: int, cfg_channels: int | None = 3) -> str:
+    """Readable name of a sample set: e.g. ``dopri5-cfg1.5-n50000-seed0`` or ``ddpm250-cfg1-n10000-seed0``.
+
+    Guidance on the reference's 3 channels is the plain name; any other channel choice of a guided set is
+    named: ``…-cfg1.5allch-…`` (every channel) or ``…-cfg1.5ch2-…``.
+    """
     kind = sampler["kind"]
     steps = "" if kind == "dopri5" else str(sampler["steps"])
-    return f"{kind}{steps}-cfg{cfg:g}-n{num}-seed{seed}"
+    channels = "" if cfg == 1 or cfg_channels == 3 else "allch" if cfg_channels is None else f"ch{cfg_channels}"
+    return f"{kind}{steps}-cfg{cfg:g}{channels}-n{num}-seed{seed}"
+
+
+def guided_channels(cfg: float, cfg_channels: Any) -> int | None:
+    """The ``--legacy-cfg-channels`` value of a sample set: None for no guidance (cfg 1) or ``all``."""
+    return None if float(cfg) == 1.0 or cfg_channels in (None, "all") else int(cfg_channels)
 
 
 def parse_sample_tag(tag: str) -> dict[str, Any]:
     """Inverse of :func:`sample_tag`: ``dopri5-cfg1.5-n1000-seed0`` -> kind, steps, cfg, n, seed."""
-    m = re.fullmatch(r"(ddpm|euler|heun|dopri5)(\d*)-cfg([0-9.]+)-n(\d+)-seed(\d+)", tag)
+    m = re.fullmatch(r"(ddpm|euler|heun|dopri5)(\d*)-cfg([0-9.]+)(allch|ch\d+)?-n(\d+)-seed(\d+)", tag)
     if not m:
         raise ValueError(f"bad sample tag {tag!r}")
-    kind, steps, cfg, n, seed = m.groups()
-    return {"kind": kind, "steps": int(steps) if steps else 0, "cfg": float(cfg), "n": int(n), "seed": int(seed)}
+    kind, steps, cfg, channels, n, seed = m.groups()
+    cfg_channels = 3 if channels is None else None if channels == "allch" else int(channels[2:])
+    return {"kind": kind, "steps": int(steps) if steps else 0, "cfg": float(cfg), "n": int(n), "seed": int(seed),
+            "cfg_channels": cfg_channels}
 
 
 def _slug_value(value: Any) -> str:
@@ -256,7 +274,8 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
     cells: dict[str, list[Cell]] = {}
 
     def add_cell(exp: str, block: Mapping[str, Any], cell_id: str, recipe_name: str, overrides: Mapping,
-                 milestone: Any, cfg: Any, metrics: list[str], coords: dict, paper: dict) -> None:
+                 milestone: Any, cfg: Any, metrics: list[str], coords: dict, paper: dict,
+                 cfg_channels: Any = None) -> None:
         pname = block["protocol"]
         protocol = protocols[pname]
         paper_step = int(protocol["steps"] / protocol["milestone_scale"]) if milestone in (None, "final") \
@@ -271,11 +290,13 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
             run_protocol[run_id] = pname
             needed.setdefault(run_id, set()).add(step)
             sampler_key = "ddpm" if run["schedule"].startswith("ddpm") else "flow"
+            scale = float(protocol["cfg"] if cfg is None else cfg)
+            channels = protocol.get("cfg_channels", 3) if cfg_channels is None else cfg_channels
             cells.setdefault(exp, []).append(Cell(
                 experiment=exp, block=block["name"], id=cell_id, seed=int(seed), run_id=run_id, protocol=pname,
                 milestone=paper_step, step=step, sampler=dict(protocol["samplers"][sampler_key]),
-                cfg=float(protocol["cfg"] if cfg is None else cfg), num_samples=int(protocol["num_samples"]),
-                metrics=tuple(metrics), coords=coords, paper=paper,
+                cfg=scale, num_samples=int(protocol["num_samples"]),
+                metrics=tuple(metrics), coords=coords, paper=paper, cfg_channels=guided_channels(scale, channels),
             ))
 
     for exp, spec in experiments["experiments"].items():
@@ -286,7 +307,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
             if "cells" in block:
                 for c in block["cells"]:
                     add_cell(exp, block, c["id"], c["recipe"], c.get("overrides", {}), c.get("milestone"),
-                             c.get("cfg"), c["metrics"], {}, dict(c.get("paper", {})))
+                             c.get("cfg"), c["metrics"], {}, dict(c.get("paper", {})), c.get("cfg_channels"))
             else:
                 for coords, sweep_overrides in _sweep_points(block.get("sweep", {}), scale_cfg):
                     overrides = {**copy.deepcopy(block.get("overrides", {})), **sweep_overrides}
@@ -318,7 +339,8 @@ def grid_spec(registry: Registry, experiments: Mapping[str, Any], scale_cfg: Map
     registry.milestones[run_id] = sorted(set(registry.milestones.get(run_id, [])) | {step})
     return {"run_id": run_id, "step": step, "milestone": int(block["milestone"]), "cfg": float(block["cfg"]),
             "classes": list(_resolve(block["classes"], scale_cfg)), "per_class": int(scale_cfg["grid_per_class"]),
-            "sampler": protocol["samplers"]["flow"], "seed": seed}
+            "sampler": protocol["samplers"]["flow"], "seed": seed,
+            "cfg_channels": guided_channels(float(block["cfg"]), protocol.get("cfg_channels", 3))}
 
 
 def load_registry(scale_cfg: Mapping[str, Any], path: Path = EXPERIMENTS_FILE) -> tuple[Registry, dict[str, Any]]:

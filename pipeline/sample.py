@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 from core.distributed import Processes, join_processes
 from core.errors import InputError, run_cli
-from core.io import config_hash, remove_stale_temporaries
+from core.io import config_hash, portable_path, remove_stale_temporaries
 from core.locks import output_lock
 from core.precision import set_tf32
 from core.shards import Shard, plan_shards, shards_of_rank
@@ -238,7 +238,7 @@ def build_session(
     ckpt_path = Path(ckpt).resolve()
     stat = ckpt_path.stat()
     description = {
-        "checkpoint": {"path": str(ckpt_path), "step": int(checkpoint.get("step", -1)),
+        "checkpoint": {"path": portable_path(ckpt_path), "step": int(checkpoint.get("step", -1)),
                        "config_hash": config_hash(checkpoint["config"]),
                        "weights": "ema" if use_ema else "raw",
                        "data_std": data_std, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},

@@ -47,3 +47,13 @@ def test_the_console_entry_point_names_real_stages(capsys):
     assert main(["--help"]) == 0
     assert "train" in capsys.readouterr().out
     assert main(["no-such-stage"]) == 2
+
+
+def test_portable_path_never_keeps_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.io import REPO_ROOT, portable_path
+
+    assert portable_path(REPO_ROOT / "config" / "claims.yaml") == "config/claims.yaml"
+    assert portable_path("results") == "results"
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "work" / "x.pt") == "work/x.pt"
+    assert portable_path("/somewhere/else/weights.pt") == "weights.pt"

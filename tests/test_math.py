@@ -9,7 +9,13 @@ import pytest
 import torch
 from scipy import stats
 
-from models.ddpm import DDPMChain, discretized_gaussian_log_likelihood, normal_kl, respaced_indices
+from models.ddpm import (
+    DDPMChain,
+    approx_standard_normal_cdf,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    respaced_indices,
+)
 from models.ema import make_ema, update_ema
 from models.losses import (
     LossConfig,
@@ -168,6 +174,23 @@ def test_loss_weights():
     assert torch.allclose(loss_weight(t, LossWeight("min-snr", 5.0), s), snr.clamp(max=5))
 
 
+def test_min_snr_weight_is_the_published_one_for_each_target():
+    """Hang et al. 2023 (Min-SNR-γ): weight min(SNR, γ) on the x₀-MSE, i.e. min(SNR, γ)/SNR on an ε-MSE.
+
+    Worked numbers on the linear flow (t = 1 at data, SNR = (t/(1−t))², x₀-error = (1−t)·velocity error):
+    t = 0.25: SNR = 1/9 → data 1/9, noise 1, velocity (1/9)·0.75² = 0.0625;
+    t = 0.9: SNR = 81 → data 5, noise 5/81, velocity 5·0.1² = 0.05.
+    """
+    s, t, w = FlowLinear(), torch.tensor([0.25, 0.9], dtype=T64), LossWeight("min-snr", 5.0)
+    expected = {"data": [1 / 9, 5.0], "noise": [1.0, 5 / 81], "velocity": [0.0625, 0.05]}
+    for prediction, values in expected.items():
+        assert torch.allclose(loss_weight(t, w, s, prediction), torch.tensor(values, dtype=T64)), prediction
+    ddpm = ddpm_linear()  # on DDPM with ε-prediction: min(SNR, γ)/SNR, the paper's Eq. for ε-loss
+    tk = ddpm.time_of_index(torch.tensor([10.0, 500.0, 990.0], dtype=T64))
+    snr = torch.exp(ddpm.log_snr(tk))
+    assert torch.allclose(loss_weight(tk, w, ddpm, "noise"), snr.clamp(max=5.0) / snr)
+
+
 def test_training_losses_follow_algorithm_2_for_flow_linear():
     torch.manual_seed(0)
     net = TinyConvNet(channels=1, num_classes=10)
@@ -223,6 +246,40 @@ def test_vlb_pieces():
     assert respaced_indices(1000, 250)[[0, -1]].tolist() == [0, 999]
     chain = DDPMChain.from_schedule(ddpm_linear(), 250)
     assert len(chain.ks) == 250 and (chain.betas > 0).all() and (chain.betas < 1).all()
+
+
+def _iddpm_space_timesteps(num_timesteps: int, section_counts: list[int]) -> list[int]:
+    """IDDPM's ``respace.space_timesteps`` (which DiT's ``diffusion/respace.py`` keeps), transcribed as the oracle."""
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, steps = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        cursor = 0.0
+        for _ in range(count):
+            steps.append(start + round(cursor))
+            cursor += stride
+        start += size
+    return sorted(set(steps))
+
+
+def test_respacing_equals_dit_space_timesteps_for_every_step_count():
+    for n in range(1, 1001):
+        assert respaced_indices(1000, n).tolist() == _iddpm_space_timesteps(1000, [n]), n
+    # Worked values: at N = 21 the running sum reaches 499.4999… (→ 499) where 10·stride is 499.5 (→ 500);
+    # N = 1 is [0], not [999].
+    assert respaced_indices(1000, 21).tolist()[9:12] == [450, 499, 549]
+    assert respaced_indices(1000, 1).tolist() == [0]
+
+
+def test_decoder_nll_uses_the_tanh_cdf_of_iddpm():
+    """IDDPM ``losses.approx_standard_normal_cdf``: 0.5·(1 + tanh(√(2/π)(x + 0.044715x³))); at x = 1 it is
+    0.8411919906 (the exact Φ(1) = 0.8413447461)."""
+    assert approx_standard_normal_cdf(torch.tensor(1.0, dtype=T64)).item() == pytest.approx(0.8411919906, abs=1e-9)
+    x, mean, log_scale = torch.tensor(0.0, dtype=T64), torch.tensor(0.0, dtype=T64), torch.tensor(-3.0, dtype=T64)
+    half_bin = math.exp(3.0) / 255
+    expected = math.log(0.5 * (math.tanh(math.sqrt(2 / math.pi) * (half_bin + 0.044715 * half_bin**3))) * 2)
+    assert discretized_gaussian_log_likelihood(x, mean, log_scale).item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_ema_update():

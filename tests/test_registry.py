@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import config as config_files
 from pipeline.config import ConfigError, load_claims, load_fig3, load_scale, read_yaml
-from pipeline.registry import expand, load_experiments, parse_sample_tag, run_slug, sample_tag
+from pipeline.registry import expand, load_experiments, load_registry, parse_sample_tag, run_slug, sample_tag
 
 
 def scale(name: str) -> dict:
@@ -73,6 +73,49 @@ def test_recipes_follow_the_paper(registry):
     assert {c.coords["schedule"] for c in fig2} == {"ddpm-linear", "ddpm-cosine", "flow-linear", "flow-cosine"}
     assert all(registry.runs[c.run_id]["prediction"] == "noise" for c in fig2)
     assert all(c.sampler["kind"] == "ddpm" for c in fig2 if c.coords["schedule"].startswith("ddpm"))
+
+
+def test_guided_cells_guide_three_channels_unless_told_otherwise():
+    reg, grid = load_registry(load_scale("paper"))
+    table1 = {c.id: c for c in reg.cells["table1"]}
+    assert table1["fasterdit-1000k-cfg1.5"].cfg_channels == 3 and table1["fasterdit-1000k-cfg1"].cfg_channels is None
+    assert table1["fasterdit-1000k-cfg1.5"].sample_tag == "dopri5-cfg1.5-n50000-seed0"
+    assert grid["cfg_channels"] == 3
+    flow = {"kind": "dopri5"}
+    assert sample_tag(flow, 1.5, 10, 0, None) == "dopri5-cfg1.5allch-n10-seed0"   # the named alternative
+    assert sample_tag(flow, 1.0, 10, 0, None) == sample_tag(flow, 1.0, 10, 0, 3) == "dopri5-cfg1-n10-seed0"
+    for channels in (3, None, 2):
+        assert parse_sample_tag(sample_tag(flow, 1.5, 10, 0, channels))["cfg_channels"] == channels
+    experiments = load_experiments()
+    cell = next(c for c in experiments["experiments"]["table1"]["blocks"][0]["cells"] if c["cfg"] == 1.5)
+    cell["cfg_channels"] = "all"
+    alternative = {c.id: c for c in expand(experiments, load_scale("paper")).cells["table1"]}
+    assert alternative[cell["id"]].cfg_channels is None and "allch" in alternative[cell["id"]].sample_tag
+
+
+def test_fig1_reads_lognorm_literally_and_sd3s_reading_is_an_alternative():
+    reg = expand(load_experiments(), load_scale("mini"))
+
+    def timesteps(experiment: str) -> dict[str, dict]:
+        return {c.coords["timesteps"]: reg.runs[c.run_id]["timesteps"] for c in reg.cells[experiment]
+                if c.block == "left"}
+
+    literal, sd3 = timesteps("fig1"), timesteps("fig1_sd3")
+    assert literal["lognorm(-0.5, 1)"] == {"kind": "lognorm", "mu": -0.5, "sigma": 1.0}
+    assert literal["lognorm(0.5, 0.6)"] == {"kind": "lognorm", "mu": 0.5, "sigma": 0.6}
+    assert sd3["lognorm(-0.5, 1)"]["mu"] == 0.5 and sd3["lognorm(0.5, 0.6)"]["mu"] == -0.5
+    experiments = load_experiments()["experiments"]
+    assert experiments["fig1_sd3"].get("alternative") and not experiments["fig1"].get("alternative")
+
+
+def test_table1_cites_every_row_of_the_paper_in_its_order():
+    """Table 1 prints 19 rows: FasterDiT's 4 (run) and 15 quoted from other papers (cited)."""
+    cited = load_experiments()["experiments"]["table1"]["cited"]
+    methods = [row["method"].split(" [")[0] for row in cited]
+    assert methods == ["BigGAN-deep", "MaskGIT", "ADM-G", "CDM", "RIN", "Simple Diffusion (U-Net)",
+                       "Simple Diffusion (U-ViT-L)", "LDM-4-G", "U-ViT-G", "StyleGAN-XL", "MDT-G", "DiT", "SiT",
+                       "DiT (cfg=1.5)", "SiT (cfg=1.5)"]
+    assert [row["fid"] for row in cited[1:7]] == [6.18, 4.59, 4.88, 3.42, 3.76, 2.77]
 
 
 def test_paper_scale_matches_tables_4_to_7():

@@ -47,6 +47,22 @@ def test_paper_scale_dry_run_needs_no_data(tmp_path):
     print(f"paper-scale dry run of results/table1.csv: {elapsed:.1f} s")
 
 
+def test_paper_scale_guidance_and_grid_follow_the_reference(tmp_path):
+    """Guided sample sets guide 3 latent channels (DiT/SiT's forward_with_cfg); the one-process grid job asks
+    for one GPU, not the sampling stage's eight."""
+    proc = snakemake(tmp_path, "-n", "-p", "results/table1.csv", "paper_figures/fig8.png", "--config", "scale=paper")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    commands = [line for line in proc.stdout.splitlines() if "-m pipeline.sample" in line]
+    guided = [c for c in commands if "--cfg-scale 1.5" in c or "--cfg-scale 4" in c]
+    assert len(guided) == 3 and all("--legacy-cfg-channels 3" in c for c in guided)
+    assert not any("--legacy-cfg-channels" in c for c in commands if "--cfg-scale 1 " in c)
+    everything = snakemake(tmp_path, "-n", "--config", "scale=mini")  # `all`, the audit included
+    assert everything.returncode == 0 and "audit" in everything.stdout, everything.stderr[-3000:]
+    assert "fig1_sd3" not in everything.stdout  # an alternative reading is a target of its own only
+    grids = proc.stdout[proc.stdout.index("rule grids:"):]
+    assert "gpu=1," in grids.splitlines()[next(i for i, line in enumerate(grids.splitlines()) if "resources:" in line)]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
@@ -102,3 +118,13 @@ def test_dag_outputs_are_not_committed_but_snapshots_are():
     tracked = subprocess.run(["git", "ls-files", "results", "paper_figures"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
     assert not [path for path in tracked if ignored(path)], "a DAG output is committed"
+
+
+def test_committed_results_hold_no_absolute_path_of_a_machine():
+    """Snapshots are shared: no /tmp, /work, /home or /root path of the machine that made them."""
+    tracked = subprocess.run(["git", "ls-files", "results", "paper_figures"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    pattern = re.compile(r"(?<![A-Za-z0-9_.])/(?:tmp|work|home|root|Users)/")
+    leaks = [p for p in tracked if p.endswith((".csv", ".json", ".md"))
+             and pattern.search((ROOT / p).read_text(errors="replace"))]
+    assert not leaks, leaks[:10]

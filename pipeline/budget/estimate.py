@@ -307,20 +307,21 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
         return keys
 
     def sample_job(key: str, run_id: str, step: int, sampler: Mapping[str, Any], cfg: float, num: int,
-                   score: bool = True) -> str:
+                   score: bool = True, one_process: bool = False) -> str:
         if key not in jobs:
             run = registry.runs[run_id]
             pname = registry.run_protocol[run_id]
             protocol = registry.protocols[pname]
+            gpus = _stage_gpus(protocol, "sample")
             job = Job("sample", key, pname, run_id, run["network"]["name"], step_to=step,
-                      gpus=_stage_gpus(protocol, "sample"))
+                      gpus=min(gpus, 1) if one_process else gpus)
             est.sample(job, protocol, run, sampler, cfg, num, score)
             jobs[key] = job
         return key
 
     for experiment, cells in registry.cells.items():
-        if not cells:
-            continue
+        if not cells or registry.experiments.get(experiment, {}).get("alternative"):
+            continue  # alternative readings are targets of their own, outside the default DAG and its budget
         needs[experiment], chains[experiment] = set(), []
         for cell in cells:
             sample_key = sample_job(cell.samples_path, cell.run_id, cell.step, cell.sampler, cell.cfg,
@@ -329,11 +330,12 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
             needs[experiment].update(chain)
             chains[experiment].append(chain)
     if grid is not None:
-        # The grids rule (paper_figures/fig8.png); costed with the protocol's sample-stage resources.
+        # The grids rule (paper_figures/fig8.png): one process, so at most one of the sample stage's GPUs.
         run_id, step = grid["run_id"], int(grid["step"])
         num = len(grid["classes"]) * int(grid["per_class"])
         chain = [latents_job(run_id), *segment_jobs(run_id, step),
-                 sample_job(GRID_TARGET, run_id, step, grid["sampler"], float(grid["cfg"]), num, score=False)]
+                 sample_job(GRID_TARGET, run_id, step, grid["sampler"], float(grid["cfg"]), num, score=False,
+                            one_process=True)]
         needs[GRID_EXPERIMENT] = set(chain)
         chains[GRID_EXPERIMENT] = [chain]
     return BudgetEstimate(scale=str(scale_cfg.get("scale_name", "?")), jobs=jobs, needs=needs, chains=chains,

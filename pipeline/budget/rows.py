@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.io import portable_path
 from pipeline.budget.estimate import JOB_KINDS, BudgetEstimate, Job
 from pipeline.budget.throughput import Throughput
 
@@ -78,7 +79,7 @@ def write_budget_csv(budget: BudgetEstimate, path: str | Path,
     rows = budget_rows(budget)
     utilisation = {k: v[0] for k, v in budget.throughput.derived_utilisation.items()}
     settings = {"scale": budget.scale, "gpu_device": budget.gpu_device, "cpu_device": budget.cpu_device,
-                "throughput": budget.throughput.sources, "derived_utilisation": utilisation,
+                "throughput": [portable_path(s) for s in budget.throughput.sources], "derived_utilisation": utilisation,
                 **(dict(config) if config else {})}
     prov = provenance(config=settings, seed=None)
     atomic_write_csv(path, rows, COLUMNS, prov)

@@ -34,8 +34,8 @@ if not os.environ.get("PATH", "").startswith(str(Path(sys.executable).parent) + 
 wildcard_constraints:
     run=r"[A-Za-z0-9._+-]+",
     step=r"\d+",
-    tag=r"[a-z0-9]+-cfg[0-9.]+-n\d+-seed\d+",
-    experiment=r"[a-z0-9]+",
+    tag=r"[a-z0-9]+-cfg[0-9.]+(?:allch|ch\d+)?-n\d+-seed\d+",
+    experiment=r"[a-z0-9_]+",
     cell=r"[A-Za-z0-9._+-]+",
 
 
@@ -53,6 +53,16 @@ def stage_resources(stage, run_id=None):
         return get
 
     return {key: one(key) for key in defaults}
+
+
+def single_process_resources(stage, run_id):
+    """A stage's resources for a job that runs one process (the sample grid): at most one GPU, and the CPUs
+    and memory of one of the stage's GPUs."""
+    res = protocol_of(run_id)["resources"][stage]
+    share = max(int(res.get("gpu", 0)), 1)
+    return {"gpu": min(int(res.get("gpu", 0)), 1), "nodes": 1,
+            "cpus_per_task": max(int(res.get("cpus_per_task", 1)) // share, 1),
+            "mem_mb": max(int(res.get("mem_mb", 2000)) // share, 1000), "runtime": res.get("runtime", "30m")}
 
 
 def launcher(stage, module):
@@ -111,10 +121,16 @@ def sampler_flags(sampler):
     return flags
 
 
+def guidance_flags(cfg, cfg_channels):
+    """``--cfg-scale`` and, for guided sets on some channels only, ``--legacy-cfg-channels``."""
+    flags = ["--cfg-scale", f"{cfg:g}"]
+    return flags + (["--legacy-cfg-channels", str(cfg_channels)] if cfg_channels is not None else [])
+
+
 def sample_flags(wildcards):
     cell = sample_set(wildcards)
-    return sampler_flags(cell.sampler) + ["--cfg-scale", f"{cell.cfg:g}", "--num-samples", str(cell.num_samples),
-                                          "--seed", str(cell.seed)]
+    return sampler_flags(cell.sampler) + guidance_flags(cell.cfg, cell.cfg_channels) + [
+        "--num-samples", str(cell.num_samples), "--seed", str(cell.seed)]
 
 
 def metrics_reference(wildcards):
@@ -151,6 +167,9 @@ def cells_of(experiment):
 
 FIGURES = ("fig1", "fig2", "fig4", "fig5", "fig6", "fig7")
 TABLES = ("table1", "table2", "table3")
+# Experiments that run an alternative reading of an `assumed:` choice: targets of their own (CSV), never part
+# of `all` or the audit.
+ALTERNATIVES = tuple(name for name, spec in REG.experiments.items() if spec.get("alternative"))
 
 
 def report_outputs(name):

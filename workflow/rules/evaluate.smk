@@ -102,15 +102,15 @@ rule grids:
     params:
         classes=[str(c) for c in GRID["classes"]],
         per_class=GRID["per_class"],
-        cfg=GRID["cfg"],
+        guidance=guidance_flags(GRID["cfg"], GRID["cfg_channels"]),
         seed=GRID["seed"],
         micro=protocol_of(GRID["run_id"])["sample_micro_batch"],
         sampler=sampler_flags(GRID["sampler"]),
     resources:
-        **stage_resources("sample", GRID["run_id"]),
+        **single_process_resources("sample", GRID["run_id"]),  # one process: one GPU, not the stage's eight
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.sample_grid --ckpt {input.ckpt:q} --classes {params.classes:q}"
-        " --per-class {params.per_class:q} --cfg-scale {params.cfg:q} {params.sampler:q} --seed {params.seed:q}"
+        " --per-class {params.per_class:q} {params.guidance:q} {params.sampler:q} --seed {params.seed:q}"
         " --micro-batch {params.micro:q} --latents-index {input.latents:q} --out {output:q} > {log:q} 2>&1"
 
 

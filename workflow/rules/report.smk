@@ -1,6 +1,6 @@
 # One rule per figure and table, made by one loop: cells -> results/<name>.csv (+ paper_figures/<name>.pdf/png).
 
-for _name in FIGURES + TABLES:
+for _name in FIGURES + TABLES + ALTERNATIVES:
 
     rule:
         name:
