@@ -47,9 +47,7 @@ def safe_torch_load(path: str | os.PathLike, *, what: str = "checkpoint", map_lo
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a file")
+    path = require_file(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, AttributeError,

@@ -42,8 +42,7 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
     per_seed: dict[str, dict[str, float]] = {}
     sources = []
     for cell, path in zip(cells, metrics_files, strict=True):
-        per_seed[str(cell.seed)] = _read_metrics(path, cell.metrics)
-        record = json.loads(Path(path).read_text())
+        record, per_seed[str(cell.seed)] = _read_metrics(path, cell.metrics)
         sources.append({"seed": cell.seed, "run": cell.run_id, "metrics_file": path,
                         "samples": cell.samples_path, "settings": record.get("settings", {})})
     summary = {m: mean_interval([per_seed[s][m] for s in per_seed]) for m in first.metrics}
@@ -68,11 +67,12 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
     return result
 
 
-def _read_metrics(path: str, metrics: Sequence[str]) -> dict[str, float]:
-    """The cell's metrics from one metrics JSON (eval.evaluate's), each finite; one line naming a bad file."""
+def _read_metrics(path: str, metrics: Sequence[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """One metrics JSON (eval.evaluate's) and the cell's metrics from it, each finite; one line naming a bad
+    file."""
     try:
-        values = json.loads(Path(path).read_text())["metrics"]
-        picked = {m: float(values[METRIC_KEYS[m]]) for m in metrics}
+        record = json.loads(Path(path).read_text())
+        picked = {m: float(record["metrics"][METRIC_KEYS[m]]) for m in metrics}
     except FileNotFoundError:
         raise InputError(f"{path}: metrics file not found") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -80,7 +80,7 @@ def _read_metrics(path: str, metrics: Sequence[str]) -> dict[str, float]:
     bad = [m for m, v in picked.items() if not math.isfinite(v)]
     if bad:
         raise InputError(f"{path}: non-finite {', '.join(bad)}")
-    return picked
+    return record, picked
 
 
 def cells_to_json(cells: Sequence[Cell]) -> str:

@@ -65,7 +65,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.distributed import Processes, join_processes
-from core.errors import InputError, run_cli
+from core.errors import InputError, require_file, run_cli
 from core.io import config_hash, portable_path, remove_stale_temporaries
 from core.locks import output_lock
 from core.precision import set_tf32
@@ -286,10 +286,7 @@ def check_sampler_settings(*, sampler: str, steps: int, cfg_scale: float, atol: 
 
 def check_checkpoint_path(ckpt: str | os.PathLike) -> Path:
     """``ckpt`` as a path if it is a file (its contents are checked when it is loaded)."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: checkpoint is not a file")
-    return path
+    return require_file(ckpt, "checkpoint")
 
 
 def sampler_description(cfg: SamplerConfig) -> dict[str, Any]:
