@@ -121,7 +121,7 @@ def measure(ctx: Context, config: TrainConfig) -> dict[str, Any]:
     step = [0]
 
     def one_step() -> None:
-        draw, _ = draw_step(0, step[0], shape, schedule, loss_cfg, False, ctx.device)
+        draw = draw_step(0, step[0], shape, schedule, loss_cfg, False, ctx.device).draw
         train_step(model, model, ema, opt, x, y, draw, schedule, loss_cfg, run_cfg)
         step[0] += 1
 

@@ -93,9 +93,9 @@ class HarnessLoop:
         from pipeline.train_step import train_step
 
         for _ in range(n):
-            latents, labels, flipped = next(self._batches)
-            draw, flips = draw_step(self.run.seed, self.step, self.shape, self.schedule, self.cfg,
-                                    False, self.device)
+            latents, labels, flipped, _, _ = next(self._batches)
+            draw, flips, _ = draw_step(self.run.seed, self.step, self.shape, self.schedule, self.cfg,
+                                       False, self.device)
             x = scaled_inputs(latents, flipped, flips, self.multiplier)
             stats = train_step(self.model, self.model, self.ema, self.opt, x, labels, draw, self.schedule,
                                self.cfg, self.run)

@@ -14,6 +14,9 @@ import torch
 from models.schedules import DDPMSchedule
 
 Tensor = torch.Tensor
+# Fixed variances of a network without learned σ (IDDPM ModelVarType): ``fixed-large`` (β, DiT's
+# create_diffusion(learn_sigma=False) default, sigma_small=False) or ``fixed-small`` (β̃, the posterior's).
+FIXED_VARIANCES = ("fixed-large", "fixed-small")
 
 
 def respaced_indices(num_steps: int, sample_steps: int) -> Tensor:
@@ -79,10 +82,23 @@ class DDPMChain:
         ck = (1 - abar_prev) * torch.sqrt(1 - self.betas) / (1 - abar)
         return self.gather(c0, i, x0) * x0 + self.gather(ck, i, x_k) * x_k
 
-    def model_log_variance(self, i: Tensor, like: Tensor, var_values: Tensor | None) -> Tensor:
-        """Learned-range log variance (IDDPM) when ``var_values`` is given, else the fixed β̃ (clipped)."""
+    @property
+    def fixed_large_log_variance(self) -> Tensor:
+        """log β with the i = 0 entry replaced by β̃_1: IDDPM's FIXED_LARGE, ``log(append(β̃[1], β[1:]))``."""
+        if len(self.betas) == 1:
+            return torch.log(self.betas)
+        return torch.log(torch.cat([self.posterior_variance[1:2], self.betas[1:]]))
+
+    def model_log_variance(self, i: Tensor, like: Tensor, var_values: Tensor | None,
+                           fixed: str = "fixed-large") -> Tensor:
+        """Learned-range log variance (IDDPM) when ``var_values`` is given, else the ``fixed`` one: ``fixed-large``
+        (:attr:`fixed_large_log_variance`, DiT's default without learned σ) or ``fixed-small`` (β̃, clipped)."""
         min_log = self.gather(self.posterior_log_variance_clipped, i, like)
         if var_values is None:
+            if fixed not in FIXED_VARIANCES:
+                raise ValueError(f"fixed variance must be one of {FIXED_VARIANCES}, got {fixed!r}")
+            if fixed == "fixed-large":
+                return self.gather(self.fixed_large_log_variance, i, like).expand_as(like)
             return min_log.expand_as(like)
         max_log = self.gather(torch.log(self.betas), i, like)
         frac = (var_values + 1) / 2
@@ -140,12 +156,14 @@ def ancestral_step(
     eps_pred: Tensor,
     var_values: Tensor | None,
     noise: Tensor,
+    fixed_variance: str = "fixed-large",
 ) -> Tensor:
-    """One step x_i → x_{i−1} of ancestral sampling (no noise at the last step i = 0)."""
+    """One step x_i → x_{i−1} of ancestral sampling (no noise at the last step i = 0); without learned σ
+    (``var_values`` None) the variance is ``fixed_variance`` (:data:`FIXED_VARIANCES`)."""
     idx = torch.full((x_k.shape[0],), i, dtype=torch.long, device=x_k.device)
     x0 = chain.predict_data_from_noise(x_k, idx, eps_pred)
     mean = chain.posterior_mean(x0, x_k, idx)
     if i == 0:
         return mean
-    logvar = chain.model_log_variance(idx, x_k, var_values)
+    logvar = chain.model_log_variance(idx, x_k, var_values, fixed_variance)
     return mean + torch.exp(0.5 * logvar) * noise

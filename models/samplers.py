@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.ddpm import DDPMChain, ancestral_step
+from models.ddpm import FIXED_VARIANCES, DDPMChain, ancestral_step
 from models.guidance import guided_forward
 from models.schedules import DDPMSchedule, Schedule
 from models.targets import to_noise, to_velocity
@@ -23,7 +23,8 @@ SAMPLERS = ("ddpm", "euler", "heun", "dopri5")
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Sampler settings; ``steps`` is ignored by dopri5 (adaptive; tolerances ``atol``/``rtol``)."""
+    """Sampler settings; ``steps`` is ignored by dopri5 (adaptive; tolerances ``atol``/``rtol``); ``ddpm_variance``
+    is the DDPM sampler's variance for networks without learned σ (``fixed-large``: DiT's default)."""
 
     kind: str = "dopri5"
     steps: int = 250
@@ -31,10 +32,13 @@ class SamplerConfig:
     legacy_cfg_channels: int | None = None
     atol: float = 1e-6
     rtol: float = 1e-3
+    ddpm_variance: str = "fixed-large"
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, not {self.kind!r}")
+        if self.ddpm_variance not in FIXED_VARIANCES:
+            raise ValueError(f"ddpm_variance must be one of {FIXED_VARIANCES}, not {self.ddpm_variance!r}")
         if self.kind != "dopri5" and self.steps < 1:
             raise ValueError("steps must be >= 1")
 
@@ -95,15 +99,17 @@ def ddpm_sample(
     schedule: DDPMSchedule,
     steps: int,
     step_noise: Callable[[int], Tensor],
+    fixed_variance: str = "fixed-large",
 ) -> Tensor:
-    """DDPM ancestral sampling over ``steps`` respaced indices; learned σ when the network has it."""
+    """DDPM ancestral sampling over ``steps`` respaced indices; learned σ when the network has it, else
+    ``fixed_variance``."""
     chain = DDPMChain.from_schedule(schedule, steps)
     for i in reversed(range(len(chain.ks))):
         k = chain.ks[i].to(torch.float64)
         t = schedule.time_of_index(k).to(x.dtype).expand(x.shape[0]).to(x.device)
         pred, var = model.raw(x, t)
         eps = to_noise(pred, model.prediction, x, t, schedule)
-        x = ancestral_step(chain, x, i, eps, var, step_noise(i) if i > 0 else None)
+        x = ancestral_step(chain, x, i, eps, var, step_noise(i) if i > 0 else None, fixed_variance)
     return x
 
 
@@ -128,7 +134,7 @@ def sample(
         if not isinstance(schedule, DDPMSchedule):
             raise ValueError("the ddpm sampler needs a DDPM schedule; use euler/heun/dopri5 for flows")
         step_noise = step_noise or (lambda i: torch.randn_like(noise))
-        x = ddpm_sample(model, noise, schedule, cfg.steps, step_noise)
+        x = ddpm_sample(model, noise, schedule, cfg.steps, step_noise, cfg.ddpm_variance)
     elif cfg.kind == "euler":
         x = euler_sample(model, noise, t0, t1, cfg.steps)
     elif cfg.kind == "heun":

@@ -3,6 +3,11 @@
 Convention (docs/conventions.md): ``t ∈ [0, 1]``, ``t = 0`` is pure noise and ``t = 1`` is data, and
 ``x_t = α_t·x + σ_t·ε``. DDPM's discrete index ``k`` (k = 0 least noisy, T = 1000 steps) sits at
 ``t_k = 1 − k/(T − 1)``; between grid points ``log ᾱ`` is linear in ``k``.
+
+What a network is fed as its time (``model_time``) is the network's convention (``TIME_INPUTS``): on the DDPM
+schedules always the index ``k`` (DiT, U-ViT's discrete models and the LDM UNet all take steps); on the flows
+``unit`` feeds ``t`` itself (SiT's DiT) and ``steps`` feeds ``(1 − t)·999``, the continuous counterpart of ``k``
+(U-ViT's ``sde.py`` feeds ``t·999`` with its t = 1 at noise; the LDM UNet is built for steps 0…999).
 """
 
 from __future__ import annotations
@@ -30,11 +35,21 @@ def _bcast(coef: Tensor, like: Tensor) -> Tensor:
     return coef.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
+TIME_INPUTS = ("unit", "steps")
+STEPS_SPAN = 999.0  # ``steps`` time input: (1 − t)·999, as U-ViT's ScoreModel.predict (t·999, t = 1 at noise)
+
+
 class Schedule(ABC):
-    """α_t, σ_t and their time derivatives on the common axis ``t ∈ [0, 1]``."""
+    """α_t, σ_t and their time derivatives on the common axis ``t ∈ [0, 1]``; ``time_input`` is what the
+    network is fed on a continuous schedule (``unit`` or ``steps``, see the module docstring)."""
 
     name: str
     discrete: bool = False
+
+    def __init__(self, time_input: str = "unit"):
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
+        self.time_input = time_input
 
     @abstractmethod
     def alpha(self, t: Tensor) -> Tensor:
@@ -57,8 +72,9 @@ class Schedule(ABC):
         return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def model_time(self, t: Tensor) -> Tensor:
-        """What the network is fed: ``t`` itself for flows (as SiT does)."""
-        return t
+        """What the network is fed on a flow: ``t`` itself (``unit``, as SiT feeds its DiT) or ``(1 − t)·999``
+        (``steps``, as U-ViT's continuous-time ScoreModel feeds ``t·999`` with its t = 1 at noise)."""
+        return t if self.time_input == "unit" else (1 - t) * STEPS_SPAN
 
     def discretize(self, t: Tensor) -> Tensor:
         """Snap training times to the schedule's grid (identity for continuous schedules)."""
@@ -73,7 +89,7 @@ class Schedule(ABC):
         return (0.0, 1.0) if prediction == "velocity" else (1e-3, 1.0 - 1e-3)
 
     def describe(self) -> dict:
-        return {"name": self.name}
+        return {"name": self.name} if self.time_input == "unit" else {"name": self.name, "time_input": self.time_input}
 
 
 class FlowLinear(Schedule):
@@ -134,7 +150,8 @@ class DDPMSchedule(Schedule):
 
     discrete = True
 
-    def __init__(self, name: str, alphas_cumprod: Tensor):
+    def __init__(self, name: str, alphas_cumprod: Tensor, time_input: str = "unit"):
+        super().__init__(time_input)
         self.name = name
         self.alphas_cumprod = alphas_cumprod.to(torch.float64)
         self.num_steps = len(alphas_cumprod)
@@ -189,7 +206,7 @@ class DDPMSchedule(Schedule):
         return log_abar - torch.log(-torch.expm1(log_abar))
 
     def model_time(self, t: Tensor) -> Tensor:
-        """DiT feeds the DDPM index k ∈ [0, T − 1] to its timestep embedder."""
+        """The DDPM index k ∈ [0, T − 1], whatever ``time_input``: DiT, U-ViT and LDM all feed steps here."""
         return self.index(t)
 
     def discretize(self, t: Tensor) -> Tensor:
@@ -203,14 +220,16 @@ class DDPMSchedule(Schedule):
         return {"name": self.name, "num_steps": self.num_steps}
 
 
-def ddpm_linear(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DDPMSchedule:
+def ddpm_linear(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                time_input: str = "unit") -> DDPMSchedule:
     """DDPM with linear β from 1e-4 to 0.02 over 1000 steps (Fig. 2a)."""
-    return DDPMSchedule("ddpm-linear", torch.cumprod(1 - linear_betas(num_steps, beta_start, beta_end), 0))
+    return DDPMSchedule("ddpm-linear", torch.cumprod(1 - linear_betas(num_steps, beta_start, beta_end), 0),
+                        time_input)
 
 
-def ddpm_cosine(num_steps: int = 1000, s: float = 0.008) -> DDPMSchedule:
+def ddpm_cosine(num_steps: int = 1000, s: float = 0.008, time_input: str = "unit") -> DDPMSchedule:
     """DDPM with the Nichol & Dhariwal cosine schedule, s = 0.008 (Fig. 2b)."""
-    return DDPMSchedule("ddpm-cosine", cosine_alphas_cumprod(num_steps, s))
+    return DDPMSchedule("ddpm-cosine", cosine_alphas_cumprod(num_steps, s), time_input)
 
 
 SCHEDULES = {
@@ -221,9 +240,9 @@ SCHEDULES = {
 }
 
 
-def get_schedule(name: str) -> Schedule:
-    """Build a schedule by name: ``ddpm-linear``, ``ddpm-cosine``, ``flow-linear``, ``flow-cosine``."""
-    try:
-        return SCHEDULES[name]()
-    except KeyError:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
+def get_schedule(name: str, time_input: str = "unit") -> Schedule:
+    """Build a schedule by name: ``ddpm-linear``, ``ddpm-cosine``, ``flow-linear``, ``flow-cosine``; ``time_input``
+    is the network's time convention on the flows (``unit`` or ``steps``)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name](time_input=time_input)

@@ -1,7 +1,9 @@
 """Autoencoders that map images in [-1, 1] to the space the diffusion model learns, and back.
 
 Convention (whole code base): ``encode`` returns **raw, unscaled** latents (the posterior sample or
-mean of the SD-VAE, the pixels themselves for the identity) and ``decode`` takes raw latents. The
+mean of the SD-VAE, the pixels themselves for the identity) and ``decode`` takes raw latents;
+``SDVAE.encode_distribution`` returns the posterior itself, ``(mean, logvar)``, for latent folders
+in ``posterior: distribution`` mode (training draws a fresh sample each time it sees an image). The
 ``scale_factor`` attribute (0.18215 for SD-VAE, 1.0 for identity) is exposed for reference only:
 the training side decides how to scale data, from the ``data_std`` recorded next to the latents
 (Algorithm 2: ``data * (target_std / data_std)``; DiT's fixed ×0.18215 is one choice of that).
@@ -17,7 +19,7 @@ import torch
 from pipeline.vae_weights import resolve_vae_location
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
-POSTERIOR_MODES = ("sample", "mean")
+POSTERIOR_MODES = ("sample", "mean", "distribution")
 
 
 @runtime_checkable
@@ -97,7 +99,9 @@ class SDVAE:
 
     Loads from a local folder or the Hugging Face cache only (``local_files_only=True``): nothing
     is downloaded; missing weights raise :class:`core.io.DataSourceError` saying where they
-    were expected and how to fetch them.
+    were expected and how to fetch them. ``posterior``: ``sample`` (one frozen draw per image),
+    ``mean``, or ``distribution`` (the latent folder stores mean and log-variance; ``encode`` then
+    returns a sample, as ``sample`` does).
     """
 
     def __init__(
@@ -130,13 +134,23 @@ class SDVAE:
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
         """Raw posterior sample (``mean + std·ε``, ε from ``generator``) or mean, float32."""
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"VAE {self.name} takes {self.in_channels}-channel images, got {x.shape[1]}")
-        dist = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
+        dist = self._posterior(x)
         mean = dist.mean.float()
         if self.posterior == "mean":
             return mean
         return mean + dist.std.float() * standard_normal(mean.shape, generator, mean.device)
+
+    @torch.no_grad()
+    def encode_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw posterior ``(mean, logvar)``, float32 (diffusers clamps ``logvar`` to [-30, 20])."""
+        dist = self._posterior(x)
+        return dist.mean.float(), dist.logvar.float()
+
+    def _posterior(self, x: torch.Tensor) -> Any:
+        """diffusers' ``DiagonalGaussianDistribution`` of images ``x`` in [-1, 1]."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"VAE {self.name} takes {self.in_channels}-channel images, got {x.shape[1]}")
+        return self.vae.encode(x.to(self.device, self.dtype)).latent_dist
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -152,7 +166,7 @@ class SDVAE:
 
 def build_autoencoder(spec: Mapping[str, Any], device: str | torch.device | None = None) -> Autoencoder:
     """``{"name": "identity", "channels": 1}`` or ``{"name": "sd-vae-ft-ema" | hub id | folder,
-    "posterior": "sample"|"mean", "dtype": "float32", "weights_dir": ...}`` → an :class:`Autoencoder`."""
+    "posterior": "sample"|"mean"|"distribution", "dtype": "float32", "weights_dir": ...}`` → an :class:`Autoencoder`."""
     name = spec.get("name")
     if not name:
         raise ValueError("autoencoder spec needs a name (identity, sd-vae-ft-ema, sd-vae-ft-mse, a folder)")

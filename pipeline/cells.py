@@ -59,6 +59,8 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
         "per_seed": per_seed,
         "summary": summary,
         "paper": first.paper,
+        "paper_also": first.paper_also,
+        "judged_against": "paper",
         "difference": difference,
         "sources": sources,
         "provenance": provenance(config={"cell": spec, "scale": scale}, seed=None),

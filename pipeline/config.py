@@ -143,13 +143,21 @@ def stand_in(stand_ins: Mapping[str, Any] | None, kind: str, name: str, scale: s
 
 
 def build_protocols(declared: Mapping[str, Any], defaults: Mapping[str, Any], values: Mapping[str, Any],
-                    stand_ins: Mapping[str, Any] | None, scale: str) -> dict[str, dict[str, Any]]:
+                    stand_ins: Mapping[str, Any] | None, scale: str,
+                    overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Full protocols: config/protocols.yaml (``shared`` < ``protocols.<name>``, roles resolved through
-    ``stand_ins``) < the scale's ``protocol_defaults`` < the scale's ``protocols.<name>``."""
+    ``stand_ins``) < the scale's ``protocol_defaults`` < the scale's ``protocols.<name>`` < ``overrides.all`` <
+    ``overrides.<name>`` (the config's ``protocol_overrides``: an alternative reading, e.g.
+    config/alternatives/*.yaml, applied at any scale)."""
+    overrides = overrides or {}
     unknown = sorted(set(values) - set(declared["protocols"]))
     if unknown:
         raise ConfigError(f"scale {scale!r} sets protocols {unknown} that config/protocols.yaml does not declare "
                           f"(declared: {list(declared['protocols'])})")
+    unknown = sorted(set(overrides) - set(declared["protocols"]) - {"all"})
+    if unknown:
+        raise ConfigError(f"protocol_overrides: unknown protocol(s) {unknown} (declared: 'all', "
+                          f"{', '.join(map(repr, declared['protocols']))})")
     protocols = {}
     for name, own in declared["protocols"].items():
         protocol = deep_merge(declared.get("shared") or {}, own)
@@ -158,7 +166,8 @@ def build_protocols(declared: Mapping[str, Any], defaults: Mapping[str, Any], va
                 protocol[key] = stand_in(stand_ins, kind, protocol[key], scale)
         if "name" in protocol.get("network", {}):
             protocol["network"]["name"] = stand_in(stand_ins, "networks", protocol["network"]["name"], scale)
-        protocols[name] = deep_merge(deep_merge(protocol, defaults), values.get(name) or {})
+        protocol = deep_merge(deep_merge(protocol, defaults), values.get(name) or {})
+        protocols[name] = deep_merge(deep_merge(protocol, overrides.get("all") or {}), overrides.get(name) or {})
     return protocols
 
 
@@ -202,8 +211,11 @@ def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
         config["fig3"] = cli_numbers(config["fig3"])
     for key, value in scale_values.items():
         config.setdefault(key, value)
+    alternative = config.pop("protocol_overrides", None) or {}
+    validate(alternative, "protocol_overrides.schema.yaml", "protocol_overrides")
     config["protocols"] = build_protocols(declared, config.pop("protocol_defaults", None) or {},
-                                          config.get("protocols") or {}, config.get("stand_ins"), name)
+                                          config.get("protocols") or {}, config.get("stand_ins"), name,
+                                          alternative)
     validate(config, "config.schema.yaml", f"the config of scale {name!r}")
     _check_names(config)
     return config

@@ -6,7 +6,8 @@ Keys read from a scale config (config/scales/<scale>.yaml):
 
 - ``datasets.<name>``: ``{kind: digits}`` | ``{kind: imagefolder, root: <class-per-folder tree>}``
 - ``autoencoders.<name>``: ``{kind: identity}`` | ``{kind: sd-vae, path: <short name|hub id|folder>,
-  posterior: sample|mean, dtype: float32, weights_dir: <folder>}``
+  posterior: sample|mean|distribution, dtype: float32, weights_dir: <folder>}`` (posterior default
+  ``sample``; it is part of the latent folder's settings hash, see :func:`pipeline.latents._settings`)
 - ``references.<name>``: ``"built"`` (name = ``<dataset>-<res>``) | ``<path of an ADM npz, used as is>`` |
   ``{dataset, resolution, root, num, seed}`` (built from an image tree)
 - ``weights_dir``: optional folder of local weight copies (default $FASTERDIT_WEIGHTS_DIR or weights/)

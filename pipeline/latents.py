@@ -6,9 +6,12 @@ rank ``r`` of ``W`` writes the shards with ``i % W == r``.
 
 Shards are written atomically (:func:`core.io.atomic_write`), so a killed job leaves complete
 shards or none; a rerun skips complete shards whose settings hash matches (any world size).
-Posterior noise for item ``i`` comes from a generator seeded with
-``derive_seed(seed, "latents-posterior", i, "plain"|"flipped")``: latents do not depend on the
-batch size or the number of ranks. Rank 0 writes ``index.json`` once every shard exists.
+Posterior modes of an SD-VAE (``--posterior``): ``sample`` stores one frozen posterior draw per
+image, whose noise for item ``i`` comes from a generator seeded with
+``derive_seed(seed, "latents-posterior", i, "plain"|"flipped")`` (so latents do not depend on the
+batch size or the number of ranks); ``mean`` the posterior mean; ``distribution`` the posterior's
+mean and log-variance, from which training draws a fresh sample per step (twice the storage; see
+:mod:`pipeline.latent_reader`). Rank 0 writes ``index.json`` once every shard exists.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.errors import run_cli
+from core.errors import InputError, run_cli
 from core.io import (
     DataSourceError,
     atomic_write,
@@ -39,9 +42,9 @@ from core.io import (
     remove_stale_temporaries,
 )
 from core.shards import Shard, plan_shards, shards_of_rank
-from pipeline.autoencoders import Autoencoder, build_autoencoder
+from pipeline.autoencoders import POSTERIOR_MODES, Autoencoder, build_autoencoder
 from pipeline.datasets import ImageSource, open_image_source
-from pipeline.latent_reader import FORMAT, INDEX_NAME
+from pipeline.latent_reader import DISTRIBUTION, FORMAT, INDEX_NAME, tensor_names
 from pipeline.vae_weights import resolve_vae_location
 
 # --------------------------------------------------------------------------------------------
@@ -49,11 +52,25 @@ from pipeline.vae_weights import resolve_vae_location
 # --------------------------------------------------------------------------------------------
 
 
-def channel_moments(latents: torch.Tensor) -> dict[str, list[float]]:
-    """Per-channel count, mean and sum of squared deviations (M2) of ``(N, C, h, w)`` latents, float64."""
-    per_channel = latents.detach().to(torch.float64).transpose(0, 1).reshape(latents.shape[1], -1)
+def _per_channel(values: torch.Tensor) -> torch.Tensor:
+    """``(N, C, h, w)`` → ``(C, N·h·w)`` float64."""
+    return values.detach().to(torch.float64).transpose(0, 1).reshape(values.shape[1], -1)
+
+
+def channel_moments(latents: torch.Tensor, logvar: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """Per-channel count, mean and sum of squared deviations (M2) of ``(N, C, h, w)`` latents, float64.
+
+    With ``logvar`` the latents are posterior means and the moments are those of the samples
+    ``mean + exp(0.5·logvar)·ε`` training draws: the mean stays ``E[mean]`` and M2 gains the summed
+    posterior variances, ``Σ exp(logvar)`` (law of total variance: ``Var[mean] + E[exp(logvar)]``).
+    """
+    per_channel = _per_channel(latents)
     mean = per_channel.mean(dim=1)
     m2 = ((per_channel - mean[:, None]) ** 2).sum(dim=1)
+    if logvar is not None:
+        if logvar.shape != latents.shape:
+            raise ValueError(f"logvar of shape {tuple(logvar.shape)} for latents of shape {tuple(latents.shape)}")
+        m2 = m2 + _per_channel(logvar).exp().sum(dim=1)
     return {"count": [per_channel.shape[1]] * latents.shape[1], "mean": mean.tolist(), "m2": m2.tolist()}
 
 
@@ -112,19 +129,32 @@ def posterior_generators(seed: int, indices: Sequence[int], variant: str) -> lis
             for i in indices]
 
 
+def _encode_variant(
+    autoencoder: Autoencoder, x: torch.Tensor, indices: Sequence[int], seed: int, variant: str
+) -> dict[str, torch.Tensor]:
+    """``{"latents": …}`` of model-space images, plus ``"latents_logvar"`` in distribution mode (CPU)."""
+    if autoencoder.posterior == DISTRIBUTION:
+        mean, logvar = autoencoder.encode_distribution(x)
+        return {"latents": mean.cpu(), "latents_logvar": logvar.cpu()}
+    sampled = autoencoder.posterior == "sample"
+    return {"latents": autoencoder.encode(x, posterior_generators(seed, indices, variant) if sampled else None).cpu()}
+
+
 def encode_batch(
     autoencoder: Autoencoder, images_uint8: torch.Tensor, indices: Sequence[int], seed: int, flip: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Encode uint8 BCHW images (model space ``x/127.5 − 1``) and, if ``flip``, their mirror images."""
+) -> dict[str, torch.Tensor]:
+    """Encode uint8 BCHW images (model space ``x/127.5 − 1``) and, if ``flip``, their mirror images.
+
+    Returns the shard tensors of the batch (labels aside): ``latents``, ``latents_flipped`` with flips,
+    and in distribution mode ``latents_logvar`` (and ``latents_flipped_logvar``).
+    """
     device = getattr(autoencoder, "device", images_uint8.device)
     x = images_uint8.to(device).float() / 127.5 - 1.0
-    sampled = autoencoder.posterior == "sample"
-    latents = autoencoder.encode(x, posterior_generators(seed, indices, "plain") if sampled else None)
-    flipped = None
+    out = _encode_variant(autoencoder, x, indices, seed, "plain")
     if flip:
-        flipped = autoencoder.encode(x.flip(-1), posterior_generators(seed, indices, "flipped") if sampled else None)
-        flipped = flipped.cpu()
-    return latents.cpu(), flipped
+        flipped = _encode_variant(autoencoder, x.flip(-1), indices, seed, "flipped")
+        out.update({name.replace("latents", "latents_flipped", 1): value for name, value in flipped.items()})
+    return out
 
 
 def _shard_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -161,6 +191,16 @@ def _settings(source: ImageSource, autoencoder_spec: Mapping[str, Any], flip: bo
             "shard_size": int(shard_size), "seed": int(seed)}
 
 
+def shard_moments(tensors: Mapping[str, torch.Tensor], flip: bool) -> dict[str, list[float]]:
+    """:func:`channel_moments` of a shard: over its latents and flipped latents, as posteriors when it holds
+    log-variances."""
+    means = [tensors["latents"]] + ([tensors["latents_flipped"]] if flip else [])
+    if "latents_logvar" not in tensors:
+        return channel_moments(torch.cat(means))
+    logvars = [tensors["latents_logvar"]] + ([tensors["latents_flipped_logvar"]] if flip else [])
+    return channel_moments(torch.cat(means), torch.cat(logvars))
+
+
 def _encode_device_description(autoencoder: Autoencoder) -> str:
     """Where a shard was encoded (numerics differ slightly between CPU, GPU and cuDNN TF32)."""
     device = torch.device(getattr(autoencoder, "device", "cpu"))
@@ -180,20 +220,19 @@ def _encode_shards(
                         pin_memory=torch.cuda.is_available())
     pending = iter(todo)
     shard = next(pending)
-    parts: dict[str, list[torch.Tensor]] = {"latents": [], "labels": [], "latents_flipped": []}
+    names = tensor_names(flip, autoencoder.posterior == DISTRIBUTION)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     bar = tqdm(total=sum(map(len, todo)), desc=f"latents rank {rank}", unit="img", position=rank,
                mininterval=5, disable=not progress, file=sys.stderr)
     for indices, (images, labels) in zip(batches, loader):
-        latents, flipped = encode_batch(autoencoder, images, indices, seed, flip)
-        parts["latents"].append(latents)
-        parts["labels"].append(labels.to(torch.int64))
-        if flipped is not None:
-            parts["latents_flipped"].append(flipped)
+        encoded = encode_batch(autoencoder, images, indices, seed, flip)
+        for name, value in {**encoded, "labels": labels.to(torch.int64)}.items():
+            parts[name].append(value)
         bar.update(len(indices))
         if indices[-1] + 1 < shard.stop:
             continue
-        tensors = {key: torch.cat(value) for key, value in parts.items() if value}
-        stats = channel_moments(torch.cat([tensors["latents"]] + ([tensors["latents_flipped"]] if flip else [])))
+        tensors = {key: torch.cat(value) for key, value in parts.items()}
+        stats = shard_moments(tensors, flip)
         metadata = {"format": FORMAT, "settings_sha256": settings_sha, "shard": str(shard.index),
                     "start": str(shard.start), "stop": str(shard.stop), "rank": str(rank),
                     "moments": json.dumps(stats), "autoencoder": json.dumps(autoencoder.describe()),
@@ -246,12 +285,13 @@ def write_index(
                        "bytes": path.stat().st_size})
     stats = merge_moments(moments)
     flip = bool(settings["flip"])
+    distribution = autoencoder.get("posterior") == DISTRIBUTION
     index = {
         "format": FORMAT,
         "num_items": plan[-1].stop if plan else 0,
         "latent_shape": latent_shape,
         "flip": flip,
-        "tensors": ["latents", "labels"] + (["latents_flipped"] if flip else []),
+        "tensors": tensor_names(flip, distribution),
         "shard_size": settings["shard_size"],
         "sharding": "shard i holds items [i*shard_size, (i+1)*shard_size) in dataset order; "
                     "rank r of W writes shards with i % W == r",
@@ -263,7 +303,7 @@ def write_index(
         "posterior": autoencoder.get("posterior"),
         "seed": settings["seed"],
         "encoded_on": sorted(devices),
-        "stats_over": "latents" + (" and latents_flipped" if flip else "") + " (raw, unscaled)",
+        "stats_over": _stats_over(flip, distribution),
         **stats,
         "scale_factor": autoencoder.get("scale_factor"),
         "data_std_scaled": stats["data_std"] * float(autoencoder.get("scale_factor", 1.0)),
@@ -272,6 +312,15 @@ def write_index(
     }
     atomic_write_json(out_dir / INDEX_NAME, index)
     return index
+
+
+def _stats_over(flip: bool, distribution: bool) -> str:
+    """What ``index.json``'s statistics describe."""
+    over = "latents" + (" and latents_flipped" if flip else "") + " (raw, unscaled)"
+    if not distribution:
+        return over
+    return (f"posterior samples mean + exp(0.5*logvar)*eps of {over}: per channel mean E[mean], "
+            f"variance Var[mean] + E[exp(logvar)]")
 
 
 def _add_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -316,6 +365,8 @@ def precompute_latents(
     else:
         spec.setdefault("posterior", "sample")
         spec.setdefault("dtype", "float32")
+        if spec["posterior"] not in POSTERIOR_MODES:
+            raise InputError(f"posterior {spec['posterior']!r}: one of {', '.join(POSTERIOR_MODES)}")
         resolve_vae_location(str(spec["name"]), spec.get("weights_dir"))
         if source.channels != 3:
             raise DataSourceError(f"the VAE {spec['name']} encodes RGB images; {source.describe()['dataset']} "
@@ -352,7 +403,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--autoencoder", default="identity",
                         help="identity, sd-vae-ft-ema, sd-vae-ft-mse, a hub id or a diffusers folder")
-    parser.add_argument("--posterior", default="sample", choices=["sample", "mean"])
+    parser.add_argument("--posterior", default="sample", choices=list(POSTERIOR_MODES),
+                        help="SD-VAE: one frozen posterior sample per image, the posterior mean, or the "
+                             "distribution (mean and log-variance; training samples it afresh, 2x storage)")
     parser.add_argument("--dtype", default="float32", help="VAE compute dtype (float32, bf16, fp16)")
     parser.add_argument("--weights-dir", help="folder of local weight copies (default $FASTERDIT_WEIGHTS_DIR "
                                               "or ./weights)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.io import config_hash
+from models.families import reference_time_input
 from pipeline import config as config_files
 from pipeline.config import EXPERIMENTS_FILE
 from pipeline.paths import path
@@ -45,6 +46,7 @@ class Cell:
     coords: dict[str, Any] = field(default_factory=dict)   # sweep coordinates (schedule, std, ...)
     paper: dict[str, Any] = field(default_factory=dict)
     cfg_channels: int | None = None  # channels guidance acts on (None: all, or no guidance at cfg 1)
+    paper_also: list[dict[str, Any]] = field(default_factory=list)  # other paper values of this sample set
 
     @property
     def sample_tag(self) -> str:
@@ -104,10 +106,13 @@ def sample_tag(sampler: Mapping[str, Any], cfg: float, num: int, seed: int, cfg_
     """Readable name of a sample set: e.g. ``dopri5-cfg1.5-n50000-seed0`` or ``ddpm250-cfg1-n10000-seed0``.
 
     Guidance on the reference's 3 channels is the plain name; any other channel choice of a guided set is
-    named: ``…-cfg1.5allch-…`` (every channel) or ``…-cfg1.5ch2-…``.
+    named: ``…-cfg1.5allch-…`` (every channel) or ``…-cfg1.5ch2-…``. A DDPM sampler with DiT's fixed-large
+    variance (or learned σ) is ``ddpm250``; with the fixed-small one ``ddpm250small``.
     """
     kind = sampler["kind"]
     steps = "" if kind == "dopri5" else str(sampler["steps"])
+    if kind == "ddpm" and sampler.get("variance") == "fixed-small":
+        steps += "small"
     channels = "" if cfg == 1 or cfg_channels == 3 else "allch" if cfg_channels is None else f"ch{cfg_channels}"
     return f"{kind}{steps}-cfg{cfg:g}{channels}-n{num}-seed{seed}"
 
@@ -119,13 +124,13 @@ def guided_channels(cfg: float, cfg_channels: Any) -> int | None:
 
 def parse_sample_tag(tag: str) -> dict[str, Any]:
     """Inverse of :func:`sample_tag`: ``dopri5-cfg1.5-n1000-seed0`` -> kind, steps, cfg, n, seed."""
-    m = re.fullmatch(r"(ddpm|euler|heun|dopri5)(\d*)-cfg([0-9.]+)(allch|ch\d+)?-n(\d+)-seed(\d+)", tag)
+    m = re.fullmatch(r"(ddpm|euler|heun|dopri5)(\d*)(small)?-cfg([0-9.]+)(allch|ch\d+)?-n(\d+)-seed(\d+)", tag)
     if not m:
         raise ValueError(f"bad sample tag {tag!r}")
-    kind, steps, cfg, channels, n, seed = m.groups()
+    kind, steps, small, cfg, channels, n, seed = m.groups()
     cfg_channels = 3 if channels is None else None if channels == "allch" else int(channels[2:])
     return {"kind": kind, "steps": int(steps) if steps else 0, "cfg": float(cfg), "n": int(n), "seed": int(seed),
-            "cfg_channels": cfg_channels}
+            "cfg_channels": cfg_channels, **({"variance": "fixed-small"} if small else {})}
 
 
 def _slug_value(value: Any) -> str:
@@ -195,6 +200,10 @@ def build_run(recipe: Mapping[str, Any], overrides: Mapping[str, Any], protocol:
     network.setdefault("input_size", protocol["_latent_size"])
     if "learn_sigma" in merged:
         network["learn_sigma"] = bool(merged.pop("learn_sigma"))
+    # The family's reference time input on flows (models.families), written whenever it is not DiT's `unit`, so
+    # a U-ViT / LDM-UNet run's identity says what its network is fed; a protocol may set another (assumed:).
+    if "time_input" not in network and reference_time_input(network["name"]) != "unit":
+        network["time_input"] = reference_time_input(network["name"])
     input_scale = merged.pop("input_scale", "baseline")
     if input_scale == "baseline":
         input_scale = copy.deepcopy(protocol["baseline_input_scale"])
@@ -275,7 +284,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
 
     def add_cell(exp: str, block: Mapping[str, Any], cell_id: str, recipe_name: str, overrides: Mapping,
                  milestone: Any, cfg: Any, metrics: list[str], coords: dict, paper: dict,
-                 cfg_channels: Any = None) -> None:
+                 cfg_channels: Any = None, paper_also: list | None = None) -> None:
         pname = block["protocol"]
         protocol = protocols[pname]
         paper_step = int(protocol["steps"] / protocol["milestone_scale"]) if milestone in (None, "final") \
@@ -290,13 +299,17 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
             run_protocol[run_id] = pname
             needed.setdefault(run_id, set()).add(step)
             sampler_key = "ddpm" if run["schedule"].startswith("ddpm") else "flow"
+            sampler = dict(protocol["samplers"][sampler_key])
+            if run["network"].get("learn_sigma"):
+                sampler.pop("variance", None)  # learned sigma: the fixed variance plays no part
             scale = float(protocol["cfg"] if cfg is None else cfg)
             channels = protocol.get("cfg_channels", 3) if cfg_channels is None else cfg_channels
             cells.setdefault(exp, []).append(Cell(
                 experiment=exp, block=block["name"], id=cell_id, seed=int(seed), run_id=run_id, protocol=pname,
-                milestone=paper_step, step=step, sampler=dict(protocol["samplers"][sampler_key]),
+                milestone=paper_step, step=step, sampler=sampler,
                 cfg=scale, num_samples=int(protocol["num_samples"]),
                 metrics=tuple(metrics), coords=coords, paper=paper, cfg_channels=guided_channels(scale, channels),
+                paper_also=copy.deepcopy(list(paper_also or [])),
             ))
 
     for exp, spec in experiments["experiments"].items():
@@ -307,7 +320,8 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
             if "cells" in block:
                 for c in block["cells"]:
                     add_cell(exp, block, c["id"], c["recipe"], c.get("overrides", {}), c.get("milestone"),
-                             c.get("cfg"), c["metrics"], {}, dict(c.get("paper", {})), c.get("cfg_channels"))
+                             c.get("cfg"), c["metrics"], {}, dict(c.get("paper", {})), c.get("cfg_channels"),
+                             c.get("paper_also"))
             else:
                 for coords, sweep_overrides in _sweep_points(block.get("sweep", {}), scale_cfg):
                     overrides = {**copy.deepcopy(block.get("overrides", {})), **sweep_overrides}

@@ -1,7 +1,8 @@
 """Tables and figures from cell JSONs: ``results/<experiment>.csv`` and ``paper_figures/<experiment>.{pdf,png}``.
 
-One long-format CSV per experiment: one row per (cell, metric) with the paper's value, the reproduced
-mean over seeds, its interval, the difference, the scale and the seeds. Rows the paper quotes from other
+One long-format CSV per experiment: one row per (cell, metric) with the paper's value (``paper``, what the row
+is judged against; ``paper_also``: other values the paper prints for the same sample set, with their source),
+the reproduced mean over seeds, its interval, the difference, the scale and the seeds. Rows the paper quotes from other
 papers (Table 1) are included with ``status = cited`` and never run.
 
 CLI (one rule per figure/table calls it)::
@@ -25,8 +26,8 @@ from pipeline.registry import load_experiments
 
 COLUMNS = [
     "experiment", "block", "cell", "status", "schedule", "prediction", "timesteps", "std", "milestone", "step",
-    "cfg", "num_samples", "metric", "paper", "reproduced", "ci_low", "ci_high", "difference", "n_seeds", "seeds",
-    "scale", "note",
+    "cfg", "num_samples", "metric", "paper", "paper_also", "reproduced", "ci_low", "ci_high", "difference", "n_seeds",
+    "seeds", "scale", "note",
 ]
 
 
@@ -42,12 +43,19 @@ def cell_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             "timesteps": coords.get("timesteps", ""), "std": coords.get("std", ""),
             "milestone": spec["milestone"], "step": spec["step"], "cfg": spec["cfg"],
             "num_samples": spec["num_samples"], "metric": metric, "paper": "" if paper is None else paper,
+            "paper_also": paper_also_text(record.get("paper_also", []), metric),
             "reproduced": summary["mean"], "ci_low": _blank(summary["low"]), "ci_high": _blank(summary["high"]),
             "difference": "" if paper is None else summary["mean"] - paper, "n_seeds": summary["n"],
             "seeds": " ".join(map(str, record["seeds"])), "scale": record["scale"],
             "note": "" if paper is not None else "paper value not stated in the text (figure only)",
         })
     return rows
+
+
+def paper_also_text(entries: Sequence[dict[str, Any]], metric: str) -> str:
+    """The CSV's ``paper_also`` cell: the paper's other values of ``metric`` for this sample set, each with its
+    source (``18.5 (Fig. 7 none-400k ...)``, joined by ``; ``); the row is judged against ``paper`` only."""
+    return "; ".join(f"{entry[metric]:g} ({entry['source']})" for entry in entries if metric in entry)
 
 
 def _blank(value: Any) -> Any:

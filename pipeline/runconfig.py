@@ -3,7 +3,9 @@
 A run config travels as a JSON-able dict (inside checkpoints and result files). Keys:
 
 - ``network``: ``{"name": "DiT-XL/2", "input_size": 32, "in_channels": 4, "num_classes": 1000,
-  "learn_sigma": false, "class_dropout_prob": 0.1, "grad_checkpointing": false}``
+  "learn_sigma": false, "class_dropout_prob": 0.1, "grad_checkpointing": false}``; optional ``time_input``
+  (``unit`` | ``steps``: the time the network is fed on a flow; default its family's reference convention,
+  :func:`models.families.reference_time_input`; not a factory argument)
 - ``schedule``: ``ddpm-linear`` | ``ddpm-cosine`` | ``flow-linear`` | ``flow-cosine``
 - ``prediction``: ``noise`` | ``velocity`` | ``data``
 - ``input_scale``: ``{"target_std": 0.82}`` (Algorithm 2 step 1: x·target_std/data_std) or
@@ -42,6 +44,7 @@ from torch import nn
 
 from core.errors import InputError
 from core.io import config_hash, derive_seed
+from models.families import reference_time_input
 from models.losses import LossConfig, rescale_data
 from models.schedules import Schedule, get_schedule
 from models.timesteps import LossWeight, TimestepSampling
@@ -162,8 +165,14 @@ class RunConfig:
         """The run's network on the CPU, initialised from ``derive_seed(seed, "init")`` (same on every rank)."""
         return build_network(self.network, init_seed=derive_seed(self.seed, "init"))
 
+    @property
+    def time_input(self) -> str:
+        """What the network is fed as time on a flow: the ``network.time_input`` key, else its family's
+        reference convention (``unit`` for DiT as SiT, ``steps`` for U-ViT and the LDM UNet)."""
+        return str(self.network.get("time_input") or reference_time_input(self.network_name))
+
     def build_schedule(self) -> Schedule:
-        return get_schedule(self.schedule)
+        return get_schedule(self.schedule, time_input=self.time_input)
 
     def loss_config(self) -> LossConfig:
         """The objective of the run (Algorithm 2 and its Section 3 variants)."""
@@ -306,6 +315,7 @@ def build_network(spec: Mapping[str, Any], init_seed: int | None = None) -> nn.M
     """
     spec = dict(spec)
     name = spec.pop("name")
+    spec.pop("time_input", None)  # read by the schedule (RunConfig.time_input), not the factory
     if name.startswith("DiT-"):
         from models.dit import DiT_models
 

@@ -70,6 +70,7 @@ from core.io import config_hash, portable_path, remove_stale_temporaries
 from core.locks import output_lock
 from core.precision import set_tf32
 from core.shards import Shard, plan_shards, shards_of_rank
+from models.ddpm import FIXED_VARIANCES
 from models.dopri5 import dopri5_per_sample, guided_velocity
 from models.samplers import SAMPLERS, SamplerConfig, sample
 from models.schedules import Schedule
@@ -244,7 +245,7 @@ def build_session(
                        "data_std": data_std, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
         "run": {"schedule": run["schedule"], "prediction": run["prediction"], "network": run["network"],
                 "input_scale": run["input_scale"]},
-        "sampler": sampler_description(sampler),
+        "sampler": sampler_description(sampler, bool(net.learn_sigma)),
         "seed": int(seed),
         "num_classes": classes,
         "autoencoder": {**ae.describe(), "spec": ae_spec},
@@ -269,7 +270,8 @@ def _is_number(value: Any) -> bool:
 
 
 def check_sampler_settings(*, sampler: str, steps: int, cfg_scale: float, atol: float, rtol: float, seed: int,
-                           micro_batch: int, legacy_cfg_channels: int | None = None) -> None:
+                           micro_batch: int, legacy_cfg_channels: int | None = None,
+                           ddpm_variance: str = "fixed-large") -> None:
     """The flags shared by ``pipeline.sample`` and ``pipeline.sample_grid``, checked before any work: one
     :class:`~core.errors.InputError` line naming the flag. ``--cfg-scale`` 1 is no guidance, 0 unconditional."""
     _check(sampler in SAMPLERS, "--sampler", f"one of {', '.join(SAMPLERS)}", sampler)
@@ -282,6 +284,7 @@ def check_sampler_settings(*, sampler: str, steps: int, cfg_scale: float, atol: 
     _check(_is_int(micro_batch) and micro_batch >= 1, "--micro-batch", "an integer >= 1", micro_batch)
     _check(legacy_cfg_channels is None or (_is_int(legacy_cfg_channels) and legacy_cfg_channels >= 1),
            "--legacy-cfg-channels", "an integer >= 1", legacy_cfg_channels)
+    _check(ddpm_variance in FIXED_VARIANCES, "--ddpm-variance", f"one of {', '.join(FIXED_VARIANCES)}", ddpm_variance)
 
 
 def check_checkpoint_path(ckpt: str | os.PathLike) -> Path:
@@ -289,12 +292,17 @@ def check_checkpoint_path(ckpt: str | os.PathLike) -> Path:
     return require_file(ckpt, "checkpoint")
 
 
-def sampler_description(cfg: SamplerConfig) -> dict[str, Any]:
+def sampler_description(cfg: SamplerConfig, learned_sigma: bool = False) -> dict[str, Any]:
+    """The sampler part of a sample set's identity; a DDPM sampler names its variance (``learned-range`` for a
+    network with learned σ, else ``cfg.ddpm_variance``)."""
     adaptive = cfg.kind == "dopri5"
-    return {"kind": cfg.kind, "steps": None if adaptive else cfg.steps, "cfg_scale": cfg.cfg_scale,
-            "legacy_cfg_channels": cfg.legacy_cfg_channels, "atol": cfg.atol if adaptive else None,
-            "rtol": cfg.rtol if adaptive else None,
-            "step_size_control": "per sample" if adaptive else None}
+    description = {"kind": cfg.kind, "steps": None if adaptive else cfg.steps, "cfg_scale": cfg.cfg_scale,
+                   "legacy_cfg_channels": cfg.legacy_cfg_channels, "atol": cfg.atol if adaptive else None,
+                   "rtol": cfg.rtol if adaptive else None,
+                   "step_size_control": "per sample" if adaptive else None}
+    if cfg.kind == "ddpm":
+        description["variance"] = "learned-range" if learned_sigma else cfg.ddpm_variance
+    return description
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +321,7 @@ class SampleOptions:
     legacy_cfg_channels: int | None = None
     atol: float = 1e-6
     rtol: float = 1e-3
+    ddpm_variance: str = "fixed-large"
     seed: int = 0
     micro_batch: int = DEFAULT_MICRO_BATCH
     use_ema: bool = True
@@ -331,7 +340,7 @@ class SampleOptions:
     def sampler_config(self) -> SamplerConfig:
         return SamplerConfig(kind=self.sampler, steps=self.steps, cfg_scale=float(self.cfg_scale),
                              legacy_cfg_channels=self.legacy_cfg_channels, atol=float(self.atol),
-                             rtol=float(self.rtol))
+                             rtol=float(self.rtol), ddpm_variance=self.ddpm_variance)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SampleOptions:
@@ -351,7 +360,7 @@ def check_sample_options(opts: SampleOptions) -> None:
            "an integer >= 1", opts.num_classes)
     check_sampler_settings(sampler=opts.sampler, steps=opts.steps, cfg_scale=opts.cfg_scale, atol=opts.atol,
                            rtol=opts.rtol, seed=opts.seed, micro_batch=opts.micro_batch,
-                           legacy_cfg_channels=opts.legacy_cfg_channels)
+                           legacy_cfg_channels=opts.legacy_cfg_channels, ddpm_variance=opts.ddpm_variance)
 
 
 def first_rank(processes: Processes | None = None) -> bool:
@@ -465,6 +474,10 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-3, help="dopri5 relative tolerance")
     parser.add_argument("--legacy-cfg-channels", type=int, default=None,
                         help="guide only the first N channels (3 = DiT's released code, DiT issue #41)")
+    parser.add_argument("--ddpm-variance", default="fixed-large",
+                        help="DDPM sampler variance of a network without learned sigma: fixed-large (beta, DiT's "
+                             "create_diffusion default) or fixed-small (beta-tilde); "
+                             f"one of {', '.join(FIXED_VARIANCES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--autoencoder", default=None,

@@ -79,6 +79,7 @@ def sample_grid(
     atol: float = 1e-6,
     rtol: float = 1e-3,
     legacy_cfg_channels: int | None = None,
+    ddpm_variance: str = "fixed-large",
     seed: int = 0,
     use_ema: bool = True,
     autoencoder: str | Mapping[str, Any] | None = None,
@@ -95,12 +96,14 @@ def sample_grid(
     refuses at once)."""
     check_grid_settings(classes=classes, per_class=per_class, upscale=upscale, padding=padding)
     check_sampler_settings(sampler=sampler, steps=steps, cfg_scale=cfg_scale, atol=atol, rtol=rtol, seed=seed,
-                           micro_batch=micro_batch, legacy_cfg_channels=legacy_cfg_channels)
+                           micro_batch=micro_batch, legacy_cfg_channels=legacy_cfg_channels,
+                           ddpm_variance=ddpm_variance)
     ckpt = check_checkpoint_path(ckpt)
     with output_lock(out):
         return _grid_locked(ckpt, out, classes=classes, per_class=per_class, cfg_scale=cfg_scale, sampler=sampler,
-                            steps=steps, atol=atol, rtol=rtol, legacy_cfg_channels=legacy_cfg_channels, seed=seed,
-                            use_ema=use_ema, autoencoder=autoencoder, latents_index=latents_index,
+                            steps=steps, atol=atol, rtol=rtol, legacy_cfg_channels=legacy_cfg_channels,
+                            ddpm_variance=ddpm_variance, seed=seed, use_ema=use_ema, autoencoder=autoencoder,
+                            latents_index=latents_index,
                             micro_batch=micro_batch, device=device, tf32=tf32, upscale=upscale, padding=padding)
 
 
@@ -121,7 +124,8 @@ def check_grid_settings(*, classes: Sequence[int], per_class: int, upscale: int 
 
 def _grid_locked(
     ckpt: Path, out: str | os.PathLike, *, classes: Sequence[int], per_class: int, cfg_scale: float, sampler: str,
-    steps: int, atol: float, rtol: float, legacy_cfg_channels: int | None, seed: int, use_ema: bool,
+    steps: int, atol: float, rtol: float, legacy_cfg_channels: int | None, ddpm_variance: str, seed: int,
+    use_ema: bool,
     autoencoder: str | Mapping[str, Any] | None, latents_index: str | os.PathLike | None, micro_batch: int,
     device: str, tf32: bool, upscale: int | None, padding: int,
 ) -> dict[str, Any]:
@@ -130,7 +134,8 @@ def _grid_locked(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     set_tf32(tf32, deterministic_kernels=True)
     cfg = SamplerConfig(kind=sampler, steps=steps, cfg_scale=float(cfg_scale),
-                        legacy_cfg_channels=legacy_cfg_channels, atol=float(atol), rtol=float(rtol))
+                        legacy_cfg_channels=legacy_cfg_channels, atol=float(atol), rtol=float(rtol),
+                        ddpm_variance=ddpm_variance)
     session, description = build_session(ckpt, cfg, seed, use_ema=use_ema, autoencoder=autoencoder,
                                          latents_index=latents_index, micro_batch=micro_batch, device=device)
     bad = [c for c in classes if not 0 <= int(c) < session.net.num_classes]
@@ -179,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = sample_grid(
         args.ckpt, args.out, classes=args.classes, per_class=args.per_class, cfg_scale=args.cfg_scale,
         sampler=args.sampler, steps=args.steps, atol=args.atol, rtol=args.rtol,
-        legacy_cfg_channels=args.legacy_cfg_channels, seed=args.seed, use_ema=not args.raw_weights,
+        legacy_cfg_channels=args.legacy_cfg_channels, ddpm_variance=args.ddpm_variance, seed=args.seed,
+        use_ema=not args.raw_weights,
         autoencoder=args.autoencoder, latents_index=args.latents_index, micro_batch=args.micro_batch,
         device=args.device, tf32=args.tf32, upscale=args.upscale, padding=args.padding,
     )

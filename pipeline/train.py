@@ -5,9 +5,9 @@
 gloo on CPU) and trains the run of ``RUN.json`` (see :mod:`pipeline.runconfig`) from step ``S`` to ``E``.
 
 Determinism by construction (docs/conventions.md): the data position and every random number of a step
-are functions of the step alone, drawn for the whole global batch and sliced per rank
-(:mod:`pipeline.train_data`); the network is initialised from ``derive_seed(seed, "init")`` on the CPU,
-identically on every rank (:mod:`pipeline.train_state`).
+(the posterior noise of a ``posterior: distribution`` latent folder included) are functions of the step
+alone, drawn for the whole global batch and sliced per rank (:mod:`pipeline.train_data`); the network is
+initialised from ``derive_seed(seed, "init")`` on the CPU, identically on every rank (:mod:`pipeline.train_state`).
 
 On the CPU, training ``0 → 2k`` in one go, ``0 → 1k → 2k``, or killed at any step and rerun gives
 bit-identical model, EMA and optimizer state. On GPUs the step generator lives on the device, so
@@ -55,7 +55,7 @@ from core.locks import output_lock
 from core.precision import set_tf32
 from pipeline.checkpoints import save_checkpoint
 from pipeline.runconfig import RunConfig
-from pipeline.train_data import DataOrder, batch_source, draw_step, open_latents, rank_slice, scaled_inputs
+from pipeline.train_data import Batch, DataOrder, batch_source, draw_step, open_latents, rank_slice, scaled_inputs
 from pipeline.train_log import (
     LOG_NAME,
     PLOT_NAME,
@@ -65,7 +65,7 @@ from pipeline.train_log import (
     truncate_log,
     window_record,
 )
-from pipeline.train_state import checkpoint_state, choose_start_point, init_or_restore
+from pipeline.train_state import check_same_latents, checkpoint_state, choose_start_point, init_or_restore
 from pipeline.train_step import NetCall, check_precision, train_step
 from pipeline.train_stop import StopSignals, TimeBudget, agree_on_stop
 
@@ -187,6 +187,8 @@ class _Segment:
         self.config = run.to_json()  # what checkpoints store as the run's config
 
         ckpt, self.resumed_from = choose_start_point(run, start, stop, init, rolling)
+        if ckpt is not None:
+            check_same_latents(ckpt, self.resumed_from, self.data.settings_sha256)
         self.model, self.ema, self.opt, self.step = init_or_restore(run, ckpt, device)
         self.resumed_step = self.step
         del ckpt
@@ -236,13 +238,13 @@ class _Segment:
             self.bar.close()
         return self._finish()
 
-    def _train_one(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> None:
+    def _train_one(self, batch: Batch) -> None:
         run, part, step = self.run_cfg, self.part, self.step
-        latents, labels, flipped = batch
-        draw, flips = draw_step(run.seed, step, self.global_shape, self.schedule, self.loss_cfg, run.flip,
-                                self.ctx.device)
-        x = scaled_inputs(latents, flipped, None if flips is None else flips[part], self.multiplier)
-        stats = train_step(self.net_call, self.model, self.ema, self.opt, x, labels,
+        draw, flips, eps = draw_step(run.seed, step, self.global_shape, self.schedule, self.loss_cfg, run.flip,
+                                     self.ctx.device, posterior=self.data.distribution)
+        x = scaled_inputs(batch.latents, batch.flipped, None if flips is None else flips[part], self.multiplier,
+                          batch.logvar, batch.flipped_logvar, None if eps is None else eps[part])
+        stats = train_step(self.net_call, self.model, self.ema, self.opt, x, batch.labels,
                            draw.slice(part.start, part.stop), self.schedule, self.loss_cfg, run)
         bad = ~(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))
         first_bad = self.first_bad
@@ -299,7 +301,7 @@ class _Segment:
         if self.ctx.is_main:
             save_checkpoint(path, checkpoint_state(
                 self.step, self.model, self.ema, self.opt, self.config, self.run_cfg.seed, self.data.data_std,
-                self.ctx.world_size, self.run_cfg.global_batch))
+                self.ctx.world_size, self.run_cfg.global_batch, self.data.settings_sha256))
         self.ctx.barrier()
         self.budget.save_seconds = max(self.budget.save_seconds, time.monotonic() - began)
 

@@ -3,9 +3,13 @@
 * data order: epoch ``e`` is ``randperm(N)`` seeded by ``derive_seed(seed, "epoch", e)``; the global batch
   of step ``s`` is items ``s·B … (s+1)·B − 1`` of the concatenated epoch stream, so the data position is a
   function of the step alone (:class:`DataOrder`);
-* every random number of step ``s`` (times, noise, label drops, flips) is drawn for the whole global batch
-  from one generator seeded by ``derive_seed(seed, "step", s)`` and each rank takes its contiguous slice
-  (:func:`rank_slice`), so the numbers do not depend on the world size (:func:`draw_step`).
+* every random number of step ``s`` (times, noise, label drops, flips and, for a latent folder of posterior
+  distributions, the posterior noise) is drawn for the whole global batch from one generator seeded by
+  ``derive_seed(seed, "step", s)`` and each rank takes its contiguous slice (:func:`rank_slice`), so the
+  numbers do not depend on the world size (:func:`draw_step`);
+* a distribution folder (``posterior: distribution``) gives each draw a fresh posterior sample
+  ``mean + exp(0.5·logvar)·ε`` (:func:`scaled_inputs`): the same image seen at two steps gets two samples,
+  as in DiT, while resuming stays bit-exact (``ε`` is a function of ``(seed, step)``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from core.io import derive_seed
 from models.losses import LossConfig, TrainingDraw, draw_training_randomness
 from models.schedules import Schedule
-from pipeline.latent_reader import LatentDataset, collate_latents, load_latents, read_index
+from pipeline.latent_reader import LatentDataset, collate_latents, holds_distribution, load_latent_set, read_index
 
 IN_MEMORY_LIMIT_GB = 16.0
 DEVICE_DATA_LIMIT_GB = 1.0
@@ -80,15 +85,25 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(derive_seed(seed, "step", step))
 
 
+class StepDraw(NamedTuple):
+    """Every random number of one step's global batch (see :func:`draw_step`)."""
+
+    draw: TrainingDraw
+    flips: torch.Tensor | None
+    posterior_noise: torch.Tensor | None
+
+
 def draw_step(
     seed: int, step: int, global_shape: tuple[int, ...], schedule: Schedule, cfg: LossConfig, flip: bool,
-    device: torch.device,
-) -> tuple[TrainingDraw, torch.Tensor | None]:
-    """Times, noise, label drops (and flip choices when ``flip``) for the whole global batch of ``step``."""
+    device: torch.device, posterior: bool = False,
+) -> StepDraw:
+    """Times, noise, label drops, flip choices (when ``flip``) and posterior noise ε (when ``posterior``: the
+    latents are posterior distributions) for the whole global batch of ``step``, drawn in that order."""
     generator = step_generator(seed, step, device)
     draw = draw_training_randomness(global_shape, schedule, cfg, generator, device)
     flips = torch.rand(global_shape[0], generator=generator, device=device) < 0.5 if flip else None
-    return draw, flips
+    eps = torch.randn(global_shape, generator=generator, device=device) if posterior else None
+    return StepDraw(draw, flips, eps)
 
 
 @dataclass
@@ -101,6 +116,8 @@ class LatentData:
     data_std: float
     has_flipped: bool
     nbytes: int
+    distribution: bool = False
+    settings_sha256: str | None = None
 
 
 def open_latents(folder: str | os.PathLike) -> LatentData:
@@ -109,31 +126,47 @@ def open_latents(folder: str | os.PathLike) -> LatentData:
     shape = tuple(int(v) for v in index["latent_shape"])
     n = int(index["num_items"])
     flipped = bool(index["flip"])
+    distribution = holds_distribution(index)
     return LatentData(Path(folder), n, shape, float(index["data_std"]), flipped,
-                      n * math.prod(shape) * 4 * (2 if flipped else 1))
+                      n * math.prod(shape) * 4 * (2 if flipped else 1) * (2 if distribution else 1), distribution,
+                      index.get("settings_sha256"))
+
+
+class Batch(NamedTuple):
+    """One rank's batch: stored latents (posterior means for a distribution folder), labels, the flipped
+    latents when the run flips, and the posterior log-variances of a distribution folder."""
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    flipped: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    flipped_logvar: torch.Tensor | None = None
 
 
 class InMemoryBatches:
     """Rank-local batches from latents held in memory (on the device when small, else pinned host memory)."""
 
     def __init__(self, data: LatentData, device: torch.device, use_flipped: bool):
-        latents, labels, flipped, _ = load_latents(data.folder)
+        latent_set = load_latent_set(data.folder)
         on_device = device.type == "cpu" or data.nbytes <= DEVICE_DATA_LIMIT_GB * 2**30
         self.store = device if on_device else torch.device("cpu")
         self.device = device
-        self.latents = latents.to(self.store)
-        self.labels = labels.to(self.store)
-        self.flipped = flipped.to(self.store) if use_flipped else None
 
-    def batches(self, order: DataOrder, start: int, stop: int, part: slice) -> Iterator[tuple]:
+        def stored(tensor: torch.Tensor | None, wanted: bool = True) -> torch.Tensor | None:
+            return tensor.to(self.store) if tensor is not None and wanted else None
+
+        self.tensors = Batch(stored(latent_set.latents), stored(latent_set.labels),
+                             stored(latent_set.flipped, use_flipped), stored(latent_set.logvar),
+                             stored(latent_set.flipped_logvar, use_flipped))
+
+    def batches(self, order: DataOrder, start: int, stop: int, part: slice) -> Iterator[Batch]:
         for step in range(start, stop):
             idx = order.batch_items(step)[part].to(self.store)
-            flipped = None if self.flipped is None else self.flipped[idx]
-            items = [self.latents[idx], self.labels[idx], flipped]
+            items = [None if v is None else v[idx] for v in self.tensors]
             if self.store != self.device:
                 items = [None if v is None else v.pin_memory().to(self.device, non_blocking=True)
                          for v in items]
-            yield tuple(items)
+            yield Batch(*items)
 
 
 class _StepSampler:
@@ -160,10 +193,10 @@ class LoaderBatches:
     """Rank-local batches read from the shards by DataLoader workers (latent sets too large for memory)."""
 
     def __init__(self, data: LatentData, device: torch.device, use_flipped: bool, num_workers: int):
-        self.dataset = LatentDataset(data.folder)
+        self.dataset = LatentDataset(data.folder, distribution=data.distribution)
         self.device, self.use_flipped, self.num_workers = device, use_flipped, num_workers
 
-    def batches(self, order: DataOrder, start: int, stop: int, part: slice) -> Iterator[tuple]:
+    def batches(self, order: DataOrder, start: int, stop: int, part: slice) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(
@@ -172,18 +205,32 @@ class LoaderBatches:
             worker_init_fn=_ignore_stop_signals if self.num_workers else None,
             prefetch_factor=4 if self.num_workers else None,
         )
-        for latents, labels, flipped in loader:
-            flipped = flipped if self.use_flipped else None
-            yield tuple(None if v is None else v.to(self.device, non_blocking=True)
-                        for v in (latents, labels, flipped))
+        for items in loader:
+            batch = Batch(*items)
+            if not self.use_flipped:
+                batch = batch._replace(flipped=None, flipped_logvar=None)
+            yield Batch(*(None if v is None else v.to(self.device, non_blocking=True) for v in batch))
 
 
 def scaled_inputs(
-    latents: torch.Tensor, flipped: torch.Tensor | None, flips: torch.Tensor | None, multiplier: float
+    latents: torch.Tensor, flipped: torch.Tensor | None, flips: torch.Tensor | None, multiplier: float,
+    logvar: torch.Tensor | None = None, flipped_logvar: torch.Tensor | None = None,
+    posterior_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Algorithm 2 step 1 input: stored latents (flipped where ``flips`` says so) × the run's multiplier."""
+    """Algorithm 2 step 1 input: stored latents (flipped where ``flips`` says so) × the run's multiplier.
+
+    With ``logvar`` the stored latents are posterior means and the input is the posterior sample
+    ``mean + exp(0.5·logvar)·posterior_noise`` (flipped mean and log-variance where ``flips`` says so).
+    """
     if flips is not None:
-        latents = torch.where(flips.reshape(-1, *[1] * (latents.ndim - 1)), flipped, latents)
+        mask = flips.reshape(-1, *[1] * (latents.ndim - 1))
+        latents = torch.where(mask, flipped, latents)
+        if logvar is not None:
+            logvar = torch.where(mask, flipped_logvar, logvar)
+    if logvar is not None:
+        if posterior_noise is None:
+            raise ValueError("posterior log-variances need posterior noise (draw_step(..., posterior=True))")
+        latents = latents + torch.exp(0.5 * logvar) * posterior_noise
     return latents * multiplier
 
 

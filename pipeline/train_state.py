@@ -47,13 +47,27 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def checkpoint_state(
     step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any],
-    seed: int, data_std: float, world_size: int, global_batch: int,
+    seed: int, data_std: float, world_size: int, global_batch: int, latents_settings: str | None = None,
 ) -> dict[str, Any]:
-    """What a checkpoint at ``step`` holds (see :mod:`pipeline.checkpoints`); ``config`` is the run's JSON."""
-    return {"step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-            "opt": opt.state_dict(), "rng": rng_state(), "data_position": step * global_batch,
-            "config": config, "data_std": data_std, "world_size": world_size,
-            "provenance": provenance(config, seed)}
+    """What a checkpoint at ``step`` holds (see :mod:`pipeline.checkpoints`); ``config`` is the run's JSON;
+    ``latents_settings`` the settings hash of the latent folder it trained on (checked on resume)."""
+    state = {"step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+             "opt": opt.state_dict(), "rng": rng_state(), "data_position": step * global_batch,
+             "config": config, "data_std": data_std, "world_size": world_size,
+             "provenance": provenance(config, seed)}
+    if latents_settings is not None:
+        state["latents_settings_sha256"] = latents_settings
+    return state
+
+
+def check_same_latents(ckpt: dict[str, Any], source: Path, latents_settings: str | None) -> None:
+    """Refuse to resume ``ckpt`` on a latent folder encoded with other settings (e.g. another posterior mode under
+    the same folder name): the run's hash holds the folder's path only."""
+    theirs = ckpt.get("latents_settings_sha256")
+    if theirs is not None and latents_settings is not None and theirs != latents_settings:
+        raise InputError(f"{source} was trained on latents with settings {theirs[:12]}, but the latent folder now "
+                         f"holds settings {latents_settings[:12]} (re-encoded?); restart the run from step 0 or "
+                         f"restore those latents")
 
 
 def choose_start_point(

@@ -125,7 +125,7 @@ def test_paper_scale_matches_tables_4_to_7():
     assert (s4["resolution"], s4["num_samples"], s4["flip"]) == (256, 50000, True)
     assert s3["global_batch"] == s4["global_batch"] == 256
     assert s3["optimizer"] == {"lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": None}
-    assert s3["samplers"]["ddpm"] == {"kind": "ddpm", "steps": 250}
+    assert s3["samplers"]["ddpm"] == {"kind": "ddpm", "steps": 250, "variance": "fixed-large"}  # DiT create_diffusion
     assert s3["samplers"]["flow"]["kind"] == "dopri5"
     fasterdit = [c for c in reg.cells["table1"]][0].run_id
     assert reg.milestones[fasterdit][-1] == 2000000

@@ -140,9 +140,12 @@ def test_data_order_is_a_function_of_the_step() -> None:
 def test_step_randomness_is_sliced_not_redrawn(run: dict) -> None:
     full = with_defaults(run)
     schedule, cfg = build_schedule(full), loss_config(full)
-    draw, flips = draw_step(3, 7, (8, 1, 8, 8), schedule, cfg, True, torch.device("cpu"))
-    again, flips_again = draw_step(3, 7, (8, 1, 8, 8), schedule, cfg, True, torch.device("cpu"))
+    draw, flips, eps = draw_step(3, 7, (8, 1, 8, 8), schedule, cfg, True, torch.device("cpu"))
+    # posterior noise (a distribution latent folder) is drawn after everything else: the rest is unchanged
+    again, flips_again, eps_again = draw_step(3, 7, (8, 1, 8, 8), schedule, cfg, True, torch.device("cpu"),
+                                              posterior=True)
     assert torch.equal(draw.noise, again.noise) and torch.equal(flips, flips_again)
+    assert eps is None and eps_again.shape == (8, 1, 8, 8)
     halves = [draw.slice(rank_slice(8, 2, r).start, rank_slice(8, 2, r).stop) for r in range(2)]
     assert torch.equal(torch.cat([h.noise for h in halves]), draw.noise)
     other = draw_training_randomness((8, 1, 8, 8), schedule, cfg, torch.Generator().manual_seed(0))
@@ -353,3 +356,18 @@ def test_bf16_learned_sigma_ddpm_run(latents_dir: Path, tmp_path: Path) -> None:
     record = summary["last_record"]
     assert summary["status"] == "completed" and out.exists()
     assert {"mse", "vb"} <= record.keys() and math.isfinite(record["loss"])
+
+
+def test_resume_refuses_a_re_encoded_latent_folder(run: dict, reference: Path, tmp_path: Path) -> None:
+    """A run's hash holds its latent folder's path only: a checkpoint records the folder's settings hash, and
+    resuming on a folder re-encoded with other settings (e.g. another posterior mode) is one error line."""
+    from pipeline.checkpoints import load_checkpoint, save_checkpoint
+    from pipeline.latent_reader import read_index
+
+    ckpt = load_checkpoint(reference)
+    assert ckpt["latents_settings_sha256"] == read_index(run["latents"])["settings_sha256"]
+    ckpt["latents_settings_sha256"] = "0" * 64
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, ckpt)
+    with pytest.raises(ValueError, match="latents with settings 000000000000"):
+        fit(run, STOP, STOP + 1, tmp_path, init=other)

@@ -118,6 +118,8 @@ def sampler_flags(sampler):
         flags += ["--steps", str(sampler["steps"])]
     if "atol" in sampler:
         flags += ["--atol", str(sampler["atol"]), "--rtol", str(sampler["rtol"])]
+    if "variance" in sampler and sampler["kind"] == "ddpm":
+        flags += ["--ddpm-variance", sampler["variance"]]
     return flags
 
 
