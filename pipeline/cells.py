@@ -1,4 +1,15 @@
-"""A cell: one figure point or table entry, its metrics over seeds, the paper's value and provenance."""
+"""A cell: one figure point or table entry, its metrics over seeds with their uncertainty, the paper's value.
+
+Uncertainty of a cell's value (the mean over its seeds' sample sets), per metric (:func:`cell_summary`):
+
+* ``se_seeds``: training-seed variation, ``sd(values) / √n`` (``None`` with one seed);
+* ``se_metric``: finite-sample noise of the metric, ``√(Σ bᵢ²) / n`` from each seed's bootstrap standard error
+  ``bᵢ`` (:mod:`eval.bootstrap`: 200 seeded resamples of the sample set's features, the reference fixed; ``None``
+  for precision/recall and for metrics files without a bootstrap);
+* ``se = √(se_seeds² + se_metric²)``: conservative, since the seeds' spread already contains sampling noise
+  (at most √2 too wide); ``df = n − 1`` with several seeds (Student t), else normal;
+* ``low``/``high``: the 95 % interval ``mean ∓ q·se`` (q the t or normal quantile).
+"""
 
 from __future__ import annotations
 
@@ -17,19 +28,32 @@ from pipeline.registry import Cell
 
 # Registry metric names -> keys of eval.evaluate's metrics JSON.
 METRIC_KEYS = {"fid": "fid", "sfid": "sfid", "is": "inception_score", "precision": "precision", "recall": "recall"}
+LEVEL = 0.95
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
-    """Mean and a Student-t confidence interval (None with fewer than two values)."""
+def quantile(level: float, df: int | None) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (normal for ``None``)."""
+    from scipy import stats  # here, not at the top: scipy.stats takes a second to import
+
+    return float(stats.norm.ppf(0.5 + level / 2) if df is None else stats.t.ppf(0.5 + level / 2, df))
+
+
+def cell_summary(values: Sequence[float], metric_ses: Sequence[float | None] | None = None,
+                 level: float = LEVEL) -> dict[str, float | int | None]:
+    """Mean over seeds and its uncertainty (module docstring): ``se_seeds``, ``se_metric``, ``se``, ``df`` and the
+    ``level`` interval ``low``/``high`` (all ``None`` where they cannot be computed)."""
     n = len(values)
     mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n}
-    from scipy import stats  # here, not at the top: most cells have one seed and scipy.stats takes a second
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+    se_seeds = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n >= 2 else None
+    ses = list(metric_ses or [])
+    se_metric = math.sqrt(sum(b * b for b in ses)) / n if len(ses) == n and all(b is not None for b in ses) else None
+    parts = [se for se in (se_seeds, se_metric) if se is not None]
+    se = math.sqrt(sum(p * p for p in parts)) if parts else None
+    df = n - 1 if n >= 2 else None
+    half = None if se is None else quantile(level, df) * se
+    return {"mean": mean, "n": n, "se_seeds": se_seeds, "se_metric": se_metric, "se": se, "df": df,
+            "low": None if half is None else mean - half, "high": None if half is None else mean + half,
+            "level": level}
 
 
 def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, scale: str) -> dict[str, Any]:
@@ -40,12 +64,16 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
         raise InputError(f"--metrics: {len(metrics_files)} file(s) for {len(cells)} seed spec(s)")
     first = cells[0]
     per_seed: dict[str, dict[str, float]] = {}
+    per_seed_se: dict[str, dict[str, float | None]] = {}
     sources = []
     for cell, path in zip(cells, metrics_files, strict=True):
         record, per_seed[str(cell.seed)] = _read_metrics(path, cell.metrics)
+        per_seed_se[str(cell.seed)] = _bootstrap_ses(record, cell.metrics)
         sources.append({"seed": cell.seed, "run": cell.run_id, "metrics_file": path,
-                        "samples": cell.samples_path, "settings": record.get("settings", {})})
-    summary = {m: mean_interval([per_seed[s][m] for s in per_seed]) for m in first.metrics}
+                        "samples": cell.samples_path, "settings": record.get("settings", {}),
+                        "bootstrap": {k: v for k, v in (record.get("bootstrap") or {}).items() if k != "se"}})
+    summary = {m: cell_summary([per_seed[s][m] for s in per_seed], [per_seed_se[s][m] for s in per_seed])
+               for m in first.metrics}
     difference = {m: summary[m]["mean"] - first.paper[m] for m in first.metrics if m in first.paper}
     spec = asdict(first)
     spec.pop("seed")
@@ -57,6 +85,7 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
         "spec": spec,
         "seeds": sorted(int(s) for s in per_seed),
         "per_seed": per_seed,
+        "per_seed_se_metric": per_seed_se,
         "summary": summary,
         "paper": first.paper,
         "paper_also": first.paper_also,
@@ -83,6 +112,16 @@ def _read_metrics(path: str, metrics: Sequence[str]) -> tuple[dict[str, Any], di
     if bad:
         raise InputError(f"{path}: non-finite {', '.join(bad)}")
     return record, picked
+
+
+def _bootstrap_ses(record: dict[str, Any], metrics: Sequence[str]) -> dict[str, float | None]:
+    """Each metric's bootstrap standard error in a metrics JSON (``None`` where there is none)."""
+    ses = (record.get("bootstrap") or {}).get("se") or {}
+    out: dict[str, float | None] = {}
+    for metric in metrics:
+        value = ses.get(METRIC_KEYS[metric])
+        out[metric] = float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return out
 
 
 def cells_to_json(cells: Sequence[Cell]) -> str:

@@ -2,8 +2,10 @@
 
 One long-format CSV per experiment: one row per (cell, metric) with the paper's value (``paper``, what the row
 is judged against; ``paper_also``: other values the paper prints for the same sample set, with their source),
-the reproduced mean over seeds, its interval, the difference, the scale and the seeds. Rows the paper quotes from other
-papers (Table 1) are included with ``status = cited`` and never run.
+the reproduced mean over seeds, its 95 % interval (``ci_low``/``ci_high``) and standard errors (``se``, of which
+``se_seeds`` from training seeds and ``se_metric`` from the metric's bootstrap: :mod:`pipeline.cells`), the
+difference, the scale and the seeds. Rows the paper quotes from other papers (Table 1) are included with
+``status = cited`` and never run.
 
 CLI (one rule per figure/table calls it)::
 
@@ -26,8 +28,8 @@ from pipeline.registry import load_experiments
 
 COLUMNS = [
     "experiment", "block", "cell", "status", "schedule", "prediction", "timesteps", "std", "milestone", "step",
-    "cfg", "num_samples", "metric", "paper", "paper_also", "reproduced", "ci_low", "ci_high", "difference", "n_seeds",
-    "seeds", "scale", "note",
+    "cfg", "num_samples", "metric", "paper", "paper_also", "reproduced", "ci_low", "ci_high", "se", "se_seeds",
+    "se_metric", "difference", "n_seeds", "seeds", "scale", "note",
 ]
 
 
@@ -45,6 +47,8 @@ def cell_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             "num_samples": spec["num_samples"], "metric": metric, "paper": "" if paper is None else paper,
             "paper_also": paper_also_text(record.get("paper_also", []), metric),
             "reproduced": summary["mean"], "ci_low": _blank(summary["low"]), "ci_high": _blank(summary["high"]),
+            "se": _blank(summary.get("se")), "se_seeds": _blank(summary.get("se_seeds")),
+            "se_metric": _blank(summary.get("se_metric")),
             "difference": "" if paper is None else summary["mean"] - paper, "n_seeds": summary["n"],
             "seeds": " ".join(map(str, record["seeds"])), "scale": record["scale"],
             "note": "" if paper is not None else "paper value not stated in the text (figure only)",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.verdicts import VERDICTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", "none"]
 
@@ -58,7 +60,12 @@ def test_paper_scale_guidance_and_grid_follow_the_reference(tmp_path):
     assert not any("--legacy-cfg-channels" in c for c in commands if "--cfg-scale 1 " in c)
     everything = snakemake(tmp_path, "-n", "--config", "scale=mini")  # `all`, the audit included
     assert everything.returncode == 0 and "audit" in everything.stdout, everything.stderr[-3000:]
-    assert "fig1_sd3" not in everything.stdout  # an alternative reading is a target of its own only
+    assert "fig1_sd3" in everything.stdout and "table1_allch" in everything.stdout  # mini's sensitivity rows
+    paper = snakemake(tmp_path, "-n", "--config", "scale=paper")
+    assert paper.returncode == 0 and "audit" in paper.stdout, paper.stderr[-3000:]
+    assert "fig1_sd3" not in paper.stdout  # at the paper scale an alternative reading is a target of its own only
+    bad = snakemake(tmp_path, "-n", "--config", "scale=mini", "audit_alternatives=[fig2]")
+    assert bad.returncode != 0 and "audit_alternatives: ['fig2'] are not alternative experiments" in bad.stderr
     grids = proc.stdout[proc.stdout.index("rule grids:"):]
     assert "gpu=1," in grids.splitlines()[next(i for i, line in enumerate(grids.splitlines()) if "resources:" in line)]
 
@@ -85,7 +92,11 @@ def test_smoke_dag_builds_every_figure_table_and_the_audit(smoke_run):
     assert all(float(r["reproduced"]) == float(r["reproduced"]) for r in run_rows)  # finite numbers
     assert all(r["scale"] == "smoke" for r in run_rows)
     audit = list(csv.DictReader((smoke_run / "results" / "audit.csv").read_text().splitlines()[1:]))
-    assert audit and all(r["verdict"] in {"reproduced", "not reproduced", "not run at this scale"} for r in audit)
+    assert audit and all(r["verdict"] in VERDICTS for r in audit)
+    assert {r["reading"] for r in audit if r["claim"] == "lognorm-sd3-crossover"} >= {
+        "lognorm in SD3's convention (t = 1 at noise, mu flipped)"}
+    assert all(r["verdict"] != "not run at this scale" for r in audit if r["claim"] == "guidance-helps")
+    assert all(float(r["se"]) > 0 for r in run_rows if r["metric"] == "fid")  # every FID has its uncertainty
     cell = json.loads((smoke_run / "results" / "cells" / "table1" / "fasterdit-1000k-cfg1.5.json").read_text())
     assert cell["spec"]["cfg"] == 1.5 and cell["provenance"]["git_commit"]
 

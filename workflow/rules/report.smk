@@ -26,9 +26,19 @@ ALL_TARGETS.extend(
 )
 
 
+# The audit reads the default tables and, where the scale lists them (`audit_alternatives`), the alternative
+# readings' tables, so claims with `readings` get one row per reading.
+_unknown_alternatives = [name for name in config.get("audit_alternatives") or [] if name not in ALTERNATIVES]
+if _unknown_alternatives:
+    config_error_exit(ConfigError(f"audit_alternatives: {_unknown_alternatives} are not alternative experiments "
+                                  f"of config/experiments.yaml ({', '.join(ALTERNATIVES)})"))
+AUDIT_TABLES = [path("table", experiment=name) for name in FIGURES + TABLES] + [
+    path("table", experiment=name) for name in config.get("audit_alternatives") or []]
+
+
 rule audit:
     input:
-        tables=[path("table", experiment=name) for name in FIGURES + TABLES],
+        tables=AUDIT_TABLES,
         claims=BASE / "config" / "claims.yaml",
         fig3=BASE / "config" / "figures" / "fig3.yaml",
     output:
@@ -37,8 +47,8 @@ rule audit:
         "work/logs/report/audit.log",
     localrule: True
     shell:
-        "python -m pipeline.audit --results results --claims {input.claims:q} --fig3-config {input.fig3:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "python -m pipeline.audit --results results --tables {input.tables:q} --claims {input.claims:q}"
+        " --fig3-config {input.fig3:q} --out {output:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS.append("results/audit.csv")
