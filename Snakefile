@@ -26,6 +26,21 @@ config.clear()
 config.update(_loaded)
 SCALE = config["scale"]
 
+
+def _require_reachable_slurm():
+    """`--profile slurm` (the slurm executor) without SLURM on this machine: one line, before anything is
+    submitted (otherwise every job's sbatch fails and is retried)."""
+    import shutil
+
+    plugin = workflow.executor_plugin
+    name = getattr(plugin, "name", "") if plugin is not None else ""
+    if name.removeprefix("snakemake-executor-plugin-") == "slurm" and not workflow.dryrun \
+            and not workflow.remote_exec and shutil.which("sbatch") is None:
+        config_error_exit(ConfigError("the slurm executor (--profile slurm) needs SLURM, but there is no `sbatch` "
+                                      "on PATH here: run on a SLURM login node, or drop --profile slurm to run "
+                                      "locally (--cores N)"))
+
+
 report: "workflow/report/workflow.rst"
 
 
@@ -48,6 +63,7 @@ for _rules in sorted((BASE / "workflow" / "rules").glob("*.smk")):
 
 
 onstart:
+    _require_reachable_slurm()  # the executor is known only once Snakemake starts executing
     # Missing data or weights stop the run with one line per problem before any job starts.
     # (`onstart` never runs in a dry run, so `-n` needs no data.)
     from pipeline.data_config import check_data_sources

@@ -102,6 +102,15 @@ def test_smoke_dag_builds_every_figure_table_and_the_audit(smoke_run):
 
 
 @pytest.mark.slow
+def test_the_readme_report_command_works_on_a_finished_run(smoke_run):
+    """README: `snakemake --report report.html --config scale=<the run's scale>` (tests/test_readme_commands.py
+    runs every other README command)."""
+    proc = snakemake(smoke_run, "--report", "report.html", "--config", "scale=smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (smoke_run / "report.html").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_deleting_one_cell_reruns_only_that_cell(smoke_run):
     target = "results/cells/table1/fasterdit-2000k-cfg1.json"
     (smoke_run / target).unlink()
