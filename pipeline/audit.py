@@ -414,6 +414,9 @@ def _to_decide(outcome: Outcome) -> str:
         return "no effect observed"
     if needed > MAX_SEEDS_SHOWN:
         return f"more than {MAX_SEEDS_SHOWN} seeds per cell: the effect is negligible against the noise"
+    if len(set(outcome.seeds)) <= 1:
+        return (f"≈{needed} seeds per cell if the seeds vary no more than the metric's noise "
+                f"(one seed: seed variation unmeasured)")
     return f"≈{needed} seeds per cell for an effect of this size"
 
 
@@ -428,7 +431,9 @@ def audit(results: Mapping[str, pd.DataFrame], claims: Sequence[Mapping[str, Any
             if only and scale not in only:
                 outcome = Outcome(NOT_APPLICABLE, f"judged at the {', '.join(only)} scale only")
             else:
-                outcome = run_check(results, check, fig3_cfg, claim_rng(claim["id"], reading))
+                # One stream per claim, the same for every reading (common random numbers): readings with the
+                # same cells get the same interval, so a verdict that differs by reading differs by the data.
+                outcome = run_check(results, check, fig3_cfg, claim_rng(claim["id"]))
             effect = outcome.effect
             rows.append({
                 "claim": claim["id"], "type": "implied" if claim.get("implied") else "paper", "reading": reading,

@@ -62,9 +62,9 @@ class Effect:
         return f"{self.value:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
 
 
-def claim_rng(claim: str, reading: str = "") -> np.random.Generator:
-    """The generator of one claim's draws (seeded by the claim id and reading: reruns give the same interval)."""
-    return np.random.Generator(np.random.PCG64(derive_seed(0, "audit", claim, reading)))
+def claim_rng(claim: str) -> np.random.Generator:
+    """The generator of one claim's draws (seeded by the claim id: reruns give the same interval)."""
+    return np.random.Generator(np.random.PCG64(derive_seed(0, "audit", claim)))
 
 
 def decide(low: float, high: float, threshold: float = 0.0) -> str:

@@ -173,6 +173,7 @@ def test_a_verdict_that_changes_with_the_reading_is_flagged():
     assert {r["reading_dependent"] for r in rows} == {"yes"}
     same = audit.audit({**results, "e_alt": results["e"]}, [claim], {})
     assert {r["reading_dependent"] for r in same} == {"no"}
+    assert same[0]["effect_low"] == same[1]["effect_low"]   # one draw stream per claim: same cells, same interval
 
 
 def test_seeds_to_decide_scales_with_the_interval():
