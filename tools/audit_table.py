@@ -30,8 +30,12 @@ def table(rows: Sequence[dict[str, str]]) -> str:
     """The Markdown table and a summary line of verdict counts."""
     lines = ["| claim | reading | verdict | effect [95 % interval] | seeds | to decide |", "|---|---|---|---|---|---|"]
     for row in rows:
-        effect = "" if not row["effect"] else (f"{_number(row['effect'])} [{_number(row['effect_low'])}, "
-                                               f"{_number(row['effect_high'])}]")
+        if not row["effect"]:
+            effect = ""
+        elif row["effect_is"].startswith("share"):   # a property's share of the draws: no interval of its own
+            effect = f"holds in {float(row['effect']):.1%} of draws"
+        else:
+            effect = f"{_number(row['effect'])} [{_number(row['effect_low'])}, {_number(row['effect_high'])}]"
         text = row["text"] + (" *(implied)*" if row["type"] == "implied" else "")
         reading = row["reading"] + (" (verdict depends on it)" if row["reading_dependent"] == "yes" else "")
         seeds = str(len(row["seeds"].split())) if row["seeds"] else ""
