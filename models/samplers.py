@@ -1,4 +1,5 @@
-"""Samplers with classifier-free guidance: DDPM ancestral (N respaced steps), Euler, Heun, adaptive dopri5.
+"""Samplers with classifier-free guidance: DDPM ancestral (N respaced steps), Euler, Heun, adaptive dopri5, and
+SiT's SDE sampler (Euler–Maruyama, :func:`sde_sample`).
 
 All integrate from noise (t = t0 ≈ 0) to data (t = t1 ≈ 1) on the common time axis. Each returns the
 final sample and the number of network function evaluations (NFE, counting a guided pair as one).
@@ -18,7 +19,8 @@ from models.schedules import DDPMSchedule, Schedule
 from models.targets import to_noise, to_velocity
 
 Tensor = torch.Tensor
-SAMPLERS = ("ddpm", "euler", "heun", "dopri5")
+SAMPLERS = ("ddpm", "euler", "heun", "dopri5", "sde")
+SDE_LAST_STEP_SIZE = 0.04  # SiT's --last-step-size: the last 0.04 of time is one deterministic "Mean" step
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,43 @@ def heun_sample(model: _Model, x: Tensor, t0: float, t1: float, steps: int) -> T
     return x
 
 
+def score_from_velocity(v: Tensor, x: Tensor, t: Tensor, schedule: Schedule) -> Tensor:
+    """∇ log p_t(x) from the velocity on the path ``x_t = α_t·x + σ_t·ε`` (SiT's ``get_score_from_velocity``):
+    ``s = ((α/α̇)·v − x) / (σ² − (α/α̇)·σ̇·σ)``, ``t`` of shape (B,)."""
+    shape = (-1, *([1] * (x.ndim - 1)))
+    alpha, sigma, d_sigma = schedule.alpha(t), schedule.sigma(t), schedule.d_sigma(t)
+    ratio = (alpha / schedule.d_alpha(t)).reshape(shape)
+    sigma, d_sigma = sigma.reshape(shape), d_sigma.reshape(shape)
+    return ((ratio * v - x) / (sigma**2 - ratio * d_sigma * sigma)).to(x.dtype)
+
+
+def sde_sample(model: _Model, x: Tensor, t0: float, steps: int, step_noise: Callable[[int], Tensor],
+               last_step_size: float = SDE_LAST_STEP_SIZE) -> Tensor:
+    """SiT's default SDE sampler (``sample_sde``: Euler, ``diffusion_form="sigma"``, norm 1, ``last_step="Mean"``,
+    ``last_step_size=0.04``) on this harness's axis (t = 1 at data, as SiT's): the grid is ``steps`` points from
+    ``t0`` to ``1 − last_step_size``; each of the first ``steps − 1`` is an Euler–Maruyama step of
+    ``dx = (v + w_t·s) dt + √(2·w_t) dW`` with ``w_t = σ_t`` and the score ``s`` from the velocity
+    (:func:`score_from_velocity`), its noise ``step_noise(i)``; the last is the noise-free ``x + drift·0.04``.
+    ``steps`` network evaluations in all."""
+    if steps < 2:
+        raise ValueError("the SDE sampler needs steps >= 2")
+    schedule = model.schedule
+    ts = torch.linspace(t0, 1.0 - last_step_size, steps, dtype=torch.float64)
+    dt = float(ts[1] - ts[0])
+
+    def drift(t_scalar: float, x: Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.full((x.shape[0],), t_scalar, device=x.device, dtype=x.dtype)
+        v = model.velocity(t_scalar, x)
+        w = schedule.sigma(t).reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return v + w * score_from_velocity(v, x, t, schedule), w
+
+    for i, t in enumerate(ts[:-1].tolist()):
+        f, w = drift(t, x)
+        x = x + f * dt + torch.sqrt(2 * w * dt) * step_noise(i)
+    f, _ = drift(float(ts[-1]), x)
+    return x + f * last_step_size
+
+
 def dopri5_sample(model: _Model, x: Tensor, t0: float, t1: float, atol: float, rtol: float) -> Tensor:
     """Adaptive Dormand–Prince (torchdiffeq) from t0 to t1, as SiT samples its flows."""
     from torchdiffeq import odeint
@@ -125,7 +164,7 @@ def sample(
 ) -> tuple[Tensor, int]:
     """Generate from initial ``noise`` with labels ``y``; returns (samples, NFE).
 
-    ``step_noise(i)`` supplies the fresh noise of DDPM step i (the sampling stage derives it per sample
+    ``step_noise(i)`` supplies the fresh noise of DDPM or SDE step i (the sampling stage derives it per sample
     so results do not depend on batch size); by default it is drawn from the global RNG.
     """
     model = _Model(net, schedule, prediction, y, cfg)
@@ -135,6 +174,11 @@ def sample(
             raise ValueError("the ddpm sampler needs a DDPM schedule; use euler/heun/dopri5 for flows")
         step_noise = step_noise or (lambda i: torch.randn_like(noise))
         x = ddpm_sample(model, noise, schedule, cfg.steps, step_noise, cfg.ddpm_variance)
+    elif cfg.kind == "sde":
+        if isinstance(schedule, DDPMSchedule):
+            raise ValueError("the sde sampler integrates a flow; use ddpm for the DDPM schedules")
+        step_noise = step_noise or (lambda i: torch.randn_like(noise))
+        x = sde_sample(model, noise, t0, cfg.steps, step_noise)
     elif cfg.kind == "euler":
         x = euler_sample(model, noise, t0, t1, cfg.steps)
     elif cfg.kind == "heun":

@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "data": "pipeline.data",
     "latents": "pipeline.latents",
     "train": "pipeline.train",
+    "import-checkpoint": "pipeline.import_checkpoint",
     "sample": "pipeline.sample",
     "grid": "pipeline.sample_grid",
     "evaluate": "eval.evaluate",

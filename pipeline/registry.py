@@ -124,7 +124,7 @@ def guided_channels(cfg: float, cfg_channels: Any) -> int | None:
 
 def parse_sample_tag(tag: str) -> dict[str, Any]:
     """Inverse of :func:`sample_tag`: ``dopri5-cfg1.5-n1000-seed0`` -> kind, steps, cfg, n, seed."""
-    m = re.fullmatch(r"(ddpm|euler|heun|dopri5)(\d*)(small)?-cfg([0-9.]+)(allch|ch\d+)?-n(\d+)-seed(\d+)", tag)
+    m = re.fullmatch(r"(ddpm|euler|heun|dopri5|sde)(\d*)(small)?-cfg([0-9.]+)(allch|ch\d+)?-n(\d+)-seed(\d+)", tag)
     if not m:
         raise ValueError(f"bad sample tag {tag!r}")
     kind, steps, small, cfg, channels, n, seed = m.groups()

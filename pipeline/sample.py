@@ -72,7 +72,7 @@ from core.precision import set_tf32
 from core.shards import Shard, plan_shards, shards_of_rank
 from models.ddpm import FIXED_VARIANCES
 from models.dopri5 import dopri5_per_sample, guided_velocity
-from models.samplers import SAMPLERS, SamplerConfig, sample
+from models.samplers import SAMPLERS, SDE_LAST_STEP_SIZE, SamplerConfig, sample
 from models.schedules import Schedule
 from pipeline.autoencoders import Autoencoder, build_autoencoder
 from pipeline.checkpoints import load_network
@@ -302,6 +302,9 @@ def sampler_description(cfg: SamplerConfig, learned_sigma: bool = False) -> dict
                    "step_size_control": "per sample" if adaptive else None}
     if cfg.kind == "ddpm":
         description["variance"] = "learned-range" if learned_sigma else cfg.ddpm_variance
+    if cfg.kind == "sde":
+        description["sde"] = {"method": "Euler-Maruyama", "diffusion": "sigma_t (SiT diffusion_form sigma, norm 1)",
+                              "last_step": "Mean", "last_step_size": SDE_LAST_STEP_SIZE}
     return description
 
 

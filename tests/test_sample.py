@@ -190,7 +190,7 @@ def test_cli_writes_adm_npz_and_sidecar(flow_ckpt, tmp_path):
     assert not (tmp_path / "s.shards").exists()  # shards removed after a successful merge
 
 
-@pytest.mark.parametrize("kind,steps", [("euler", 3), ("heun", 2), ("dopri5", 0)])
+@pytest.mark.parametrize("kind,steps", [("euler", 3), ("heun", 2), ("dopri5", 0), ("sde", 4)])
 def test_flow_samples_do_not_depend_on_batch_size(flow_ckpt, kind, steps):
     session, _ = build_session(flow_ckpt, SamplerConfig(kind, steps=max(steps, 1), cfg_scale=2.0), 5,
                                autoencoder=IDENTITY, micro_batch=8)
@@ -272,11 +272,12 @@ def test_grid_png(ddpm_ckpt, tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_processes_give_the_same_npz(flow_ckpt, tmp_path):
-    args = ["--ckpt", str(flow_ckpt), "--sampler", "dopri5", "--cfg-scale", "2", "--num-samples", "10",
+@pytest.mark.parametrize("kind", ["dopri5", "sde"])
+def test_two_processes_give_the_same_npz(flow_ckpt, tmp_path, kind):
+    args = ["--ckpt", str(flow_ckpt), "--sampler", kind, "--steps", "6", "--cfg-scale", "2", "--num-samples", "10",
             "--seed", "4", "--micro-batch", "8", "--autoencoder", "identity", "--shard-size", "3",
             "--no-progress"]
-    sample_to_npz(flow_ckpt, tmp_path / "one.npz", num_samples=10, sampler="dopri5", cfg_scale=2.0, seed=4,
+    sample_to_npz(flow_ckpt, tmp_path / "one.npz", num_samples=10, sampler=kind, steps=6, cfg_scale=2.0, seed=4,
                   micro_batch=8, autoencoder=IDENTITY, shard_size=3, batch_size=10, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",

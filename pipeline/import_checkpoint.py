@@ -1,0 +1,156 @@
+"""Published checkpoints in: a foreign file (DiT, SiT, U-ViT, LDM layout) turned into a harness checkpoint.
+
+``python -m pipeline.import_checkpoint FILE --preset dit-xl-2-256 --out work/imported/dit-xl-2-256.pt``
+
+The file is read from a local path only (never downloaded) with ``torch.load(weights_only=True)``. Layouts:
+
+* ``dit`` (facebookresearch/DiT ``DiT-XL-2-256x256.pt``, ``-512x512.pt``) and ``sit`` (willisma/SiT
+  ``SiT-XL-2-256.pt``): a state dict with the keys of ``models/dit.py``; a training checkpoint ``{"model", "ema",
+  ...}`` gives its ``ema`` (as both repositories' ``find_model`` does);
+* ``uvit`` (baofff/U-ViT ``nnet_ema.pth``): a state dict with the keys of ``models/uvit.py``;
+* ``ldm`` (CompVis/latent-diffusion ``cin256-v2``): ``state_dict`` holding the UNet under ``model.diffusion_model.``
+  and the class embedder as ``cond_stage_model.embedding.weight``; the first stage (VAE) is left out.
+
+The weights must fit the preset's (or ``--run-json``'s) network exactly: the first missing key, unexpected key or
+shape mismatch is one :class:`~core.errors.InputError` line. The harness checkpoint holds the weights as both
+``ema`` and ``model`` (the published files are EMA weights), the published training step, the run config the
+published protocol implies, and ``source``: the file's name, size, SHA-256 and layout. ``pipeline.sample`` then
+reads it like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import InputError, require_file, run_cli, safe_torch_load
+from core.io import portable_path, provenance
+from pipeline.checkpoints import save_checkpoint
+from pipeline.runconfig import RunConfig, build_network
+
+LAYOUTS = ("dit", "sit", "uvit", "ldm")
+LDM_PREFIX = "model.diffusion_model."
+LDM_CLASS_EMBEDDER = {"cond_stage_model.embedding.weight": "class_embedder.embedding.weight"}
+
+
+def _latent_dit(name: str, size: int, schedule: str, prediction: str) -> dict[str, Any]:
+    return {"network": {"name": name, "input_size": size, "in_channels": 4, "num_classes": 1000, "learn_sigma": True,
+                        "class_dropout_prob": 0.1},
+            "schedule": schedule, "prediction": prediction, "input_scale": {"factor": 0.18215}}
+
+
+# The published models: layout, the run config their protocol implies, and the steps they were trained for.
+PRESETS: dict[str, dict[str, Any]] = {
+    # DiT (Peebles & Xie): DDPM linear, epsilon, learned sigma, SD-VAE latents x 0.18215; 7M steps (DiT README).
+    "dit-xl-2-256": {"layout": "dit", "step": 7_000_000,
+                     "run": _latent_dit("DiT-XL/2", 32, "ddpm-linear", "noise")},
+    "dit-xl-2-512": {"layout": "dit", "step": 3_000_000,
+                     "run": _latent_dit("DiT-XL/2", 64, "ddpm-linear", "noise")},
+    # SiT (Ma et al.): linear interpolant, velocity, the DiT backbone with learn_sigma (its sampler drops the
+    # sigma channels); 7M steps (SiT README).
+    "sit-xl-2-256": {"layout": "sit", "step": 7_000_000,
+                     "run": _latent_dit("DiT-XL/2", 32, "flow-linear", "velocity")},
+}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tensors(state: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise InputError(f"{path}: {where} is not a state dict of tensors")
+    return dict(state)
+
+
+def official_state_dict(raw: Any, layout: str, path: Path) -> dict[str, torch.Tensor]:
+    """The network's weights out of a foreign file's contents, renamed to this harness's keys (module docstring)."""
+    if layout not in LAYOUTS:
+        raise InputError(f"--layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "ldm":
+        state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
+        state = _tensors(state, path, "its 'state_dict'")
+        out = {k[len(LDM_PREFIX):]: v for k, v in state.items() if k.startswith(LDM_PREFIX)}
+        out.update({new: state[old] for old, new in LDM_CLASS_EMBEDDER.items() if old in state})
+        if not out:
+            raise InputError(f"{path}: no '{LDM_PREFIX}*' weights (not an LDM checkpoint)")
+        return out
+    if isinstance(raw, Mapping) and "ema" in raw and isinstance(raw["ema"], Mapping):
+        return _tensors(raw["ema"], path, "its 'ema'")
+    return _tensors(raw, path, "the file")
+
+
+def check_fits(state: Mapping[str, torch.Tensor], net: torch.nn.Module, path: Path, network: str) -> None:
+    """Every key and shape of the network, exactly: the first difference is one error line."""
+    expected = net.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise InputError(f"{path}: no weight {key!r} for {network} (first missing key)")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise InputError(f"{path}: weight {key!r} has shape {tuple(state[key].shape)}, {network} needs "
+                             f"{tuple(value.shape)}")
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise InputError(f"{path}: weight {extra[0]!r} is not part of {network} (first of {len(extra)} unexpected)")
+
+
+def import_checkpoint(source: str | Path, out: str | Path, run: Mapping[str, Any], layout: str,
+                      step: int) -> dict[str, Any]:
+    """Write the harness checkpoint of a foreign file; returns its ``source`` record."""
+    path = require_file(source, "checkpoint to import")
+    config = RunConfig.from_json(run).to_json()
+    raw = safe_torch_load(path, what="checkpoint to import", map_location="cpu")
+    state = official_state_dict(raw, layout, path)
+    net = build_network(config["network"])
+    check_fits(state, net, path, config["network"]["name"])
+    net.load_state_dict(state)  # dtype and device as the harness builds them
+    weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    record = {"file": portable_path(path), "bytes": path.stat().st_size, "sha256": sha256_of(path),
+              "layout": layout}
+    save_checkpoint(out, {"step": int(step), "model": weights, "ema": weights, "config": config, "data_std": 1.0,
+                          "source": record, "provenance": provenance({"config": config, "source": record}, None)})
+    return record
+
+
+def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    if args.preset is not None:
+        preset = PRESETS[args.preset]
+        return dict(preset["run"]), args.layout or preset["layout"], args.step or preset["step"]
+    if args.run_json is None or args.layout is None:
+        raise InputError("give --preset, or --run-json with --layout")
+    try:
+        run = json.loads(require_file(args.run_json, "run config").read_text())
+    except ValueError as err:
+        raise InputError(f"{args.run_json}: not JSON ({err})") from None
+    return run, args.layout, args.step or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.import_checkpoint", description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="the published file (a local path; nothing is downloaded)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a published model: its layout, network and protocol")
+    parser.add_argument("--run-json", type=Path, help="run config of the network (instead of --preset)")
+    parser.add_argument("--layout", choices=LAYOUTS, help="key layout (default: the preset's)")
+    parser.add_argument("--step", type=int, help="training steps of the published model (default: the preset's)")
+    parser.add_argument("--out", required=True, type=Path, help="the harness checkpoint to write")
+    args = parser.parse_args(argv)
+    run, layout, step = _run_config(args)
+    record = import_checkpoint(args.source, args.out, run, layout, step)
+    print(f"wrote {args.out}: {run['network']['name']} from {record['file']} ({layout} layout, sha256 "
+          f"{record['sha256'][:16]}…)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
