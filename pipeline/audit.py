@@ -20,6 +20,7 @@ CLI: ``python -m pipeline.audit --results results --claims config/claims.yaml --
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -140,8 +141,15 @@ def check_less(rows: pd.DataFrame, pairs: Sequence[Sequence[str]], rng: np.rando
         return undecided
     effects = [effect_of(lambda v, a=a, b=b: v[b] - v[a], [cells[a], cells[b]], rng) for a, b in pairs]
     evidence = "; ".join(f"{b} − {a} = {e.text()} ({e.verdict})" for (a, b), e in zip(pairs, effects, strict=True))
-    weakest = min(effects, key=lambda e: e.low)
-    return Outcome(combine([e.verdict for e in effects]), evidence, weakest, "FID difference (weakest pair)", seeds)
+    verdict = combine([e.verdict for e in effects])
+    return Outcome(verdict, evidence, _headline(effects, verdict), "FID difference (the pair that decides)", seeds)
+
+
+def _headline(effects: Sequence[Effect], verdict: str) -> Effect:
+    """The comparison a combined verdict rests on: the most contradicted one if any is, else the weakest."""
+    if verdict == CONTRADICTED:
+        return min((e for e in effects if e.verdict == CONTRADICTED), key=lambda e: e.high)
+    return min(effects, key=lambda e: e.low)
 
 
 CURVE_STATISTICS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
@@ -192,9 +200,9 @@ def _crossover(a: Sequence[tuple[float, CellValue]], b: Sequence[tuple[float, Ce
     high_end = effect_of(lambda v: v[b_at[hi].cell] - v[a_at[hi].cell], used, rng)
     evidence = (f"{points}; at std {lo:g} A − B = {low_end.text()} ({low_end.verdict}); "
                 f"at std {hi:g} B − A = {high_end.text()} ({high_end.verdict})")
-    weakest = min((low_end, high_end), key=lambda e: e.low)
-    return Outcome(combine([low_end.verdict, high_end.verdict]), evidence, weakest,
-                   "FID gap at the weaker end of the crossover", seeds)
+    verdict = combine([low_end.verdict, high_end.verdict])
+    return Outcome(verdict, evidence, _headline([low_end, high_end], verdict),
+                   "FID gap at the end of the crossover that decides", seeds)
 
 
 def _best_stds(curve: Sequence[tuple[float, CellValue]], rng: np.random.Generator, draws: int) -> np.ndarray:
@@ -285,12 +293,18 @@ def first_reach(steps: np.ndarray, fids: np.ndarray, target: np.ndarray) -> np.n
     return out
 
 
-def speedup_ratios(baseline_step: float, steps: np.ndarray, fids: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``baseline_step / step`` at which the method first reaches ``target``: reached at its first milestone
-    counts as ``baseline_step / steps[0]`` (a lower bound, flagged by the caller), never reached as 0."""
+def speedup_ratios(baseline_step: float, steps: np.ndarray, fids: np.ndarray,
+                   target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``baseline_step / step`` at which the method first reaches ``target``, per draw, as (value, low, high):
+    reached at the first milestone the ratio is only bounded below (``low`` = ``baseline_step / steps[0]``,
+    ``high`` = inf); never reached only bounded above (``low`` = 0, ``high`` = ``baseline_step / steps[-1]``)."""
     reach = first_reach(steps, fids, target)
-    ratio = np.where(np.isinf(reach), 0.0, baseline_step / np.where(reach > 0, reach, steps[0]))
-    return ratio
+    first, never = reach == -1.0, np.isinf(reach)
+    exact = baseline_step / np.where(first | never, 1.0, reach)
+    value = np.where(first, baseline_step / steps[0], np.where(never, baseline_step / steps[-1], exact))
+    low = np.where(never, 0.0, value)
+    high = np.where(first, np.inf, value)
+    return value, low, high
 
 
 def check_speedup(results: Mapping[str, pd.DataFrame], check: Mapping[str, Any],
@@ -327,19 +341,23 @@ def check_speedup(results: Mapping[str, pd.DataFrame], check: Mapping[str, Any],
     if (undecided := _undecidable(cells + ([target_cell] if target_cell else []), evidence, seeds)) is not None:
         return undecided
 
-    def ratios(values: Mapping[str, np.ndarray], size: int) -> np.ndarray:
+    def ratios(values: Mapping[str, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fids = np.stack([values[c.cell] for c in cells])
         target = values[target_cell.cell] if target_cell else np.full(size, float(published["fid"]))
         return speedup_ratios(baseline_step, steps, fids, target)
 
-    point = float(ratios({c.cell: np.array([c.mean]) for c in cells + ([target_cell] if target_cell else [])}, 1)[0])
-    sampled = ratios({c.cell: c.draws(rng, draws) for c in cells + ([target_cell] if target_cell else [])}, draws)
-    low, high = (float(q) for q in np.quantile(sampled, [0.025, 0.975]))
+    every = cells + ([target_cell] if target_cell else [])
+    point = float(ratios({c.cell: np.array([c.mean]) for c in every}, 1)[0][0])
+    value, lows, highs = ratios({c.cell: c.draws(rng, draws) for c in every}, draws)
+    # Censored draws count against the verdict they could fake: a bound is never evidence beyond itself.
+    low = float(np.quantile(lows, 0.025, method="lower"))
+    high = float(np.quantile(highs, 0.975, method="higher"))   # no interpolation: inf stays inf
+    shown_low, shown_high = (float(q) for q in np.quantile(value, [0.025, 0.975]))
     threshold = float(check["min_ratio"]) * (1 - float(check.get("tolerance", 0.0)))
-    censored = high >= bound  # the interval reaches the largest ratio the milestones can show
-    verdict = decide(low, math.inf if censored else high, threshold - 1e-12)
-    effect = Effect(point, low, high, verdict, threshold)
-    note = " (upper end censored at the first milestone)" if censored else ""
+    verdict = decide(low, high, threshold - 1e-12)
+    effect = Effect(point, shown_low, shown_high, verdict, threshold)
+    censored = bool(np.isinf(high) or np.any(lows == 0.0))
+    note = " (censored: some draws reach the target before the first milestone or never)" if censored else ""
     return Outcome(verdict, f"{evidence}; speed-up {effect.text()}{note} vs {threshold:.3g}", effect,
                    f"speed-up (baseline steps / method steps) vs {threshold:.3g}", seeds)
 
@@ -356,14 +374,12 @@ def check_absolute(rows: pd.DataFrame, cell: str, paper: float, tolerance: float
     points = f"{cell} {value.mean:.4g} vs the paper's {paper:g} ± {tolerance:g}"
     if (undecided := _undecidable([value], points, seeds)) is not None:
         return undecided
-    effect = effect_of(lambda v: tolerance - np.abs(v[cell] - paper), [value], rng)
-    draws = value.draws(rng, 4000)
-    low, high = np.quantile(draws, [0.025, 0.975])
-    verdict = SUPPORTED if paper - tolerance <= low and high <= paper + tolerance else \
-        CONTRADICTED if high < paper - tolerance or low > paper + tolerance else INCONCLUSIVE
-    effect = Effect(effect.value, effect.low, effect.high, verdict, 0.0)
-    return Outcome(verdict, f"{points}; value interval [{low:.4g}, {high:.4g}]", effect,
-                   "tolerance − |value − paper|", seeds)
+    low, high = (float(q) for q in np.quantile(value.draws(rng, 4000) - paper, [0.025, 0.975]))
+    verdict = SUPPORTED if -tolerance <= low and high <= tolerance else \
+        CONTRADICTED if high < -tolerance or low > tolerance else INCONCLUSIVE
+    effect = Effect(value.mean - paper, low, high, verdict, 0.0)
+    return Outcome(verdict, f"{points}; value − paper = {effect.text()}", effect,
+                   f"value − paper (supported inside ±{tolerance:g})", seeds)
 
 
 def run_check(results: Mapping[str, pd.DataFrame], check: Mapping[str, Any], fig3_cfg: Mapping[str, Any],
@@ -395,18 +411,31 @@ def _scale(results: Mapping[str, pd.DataFrame]) -> str:
                  if "scale" in t and not t["scale"].dropna().empty), "")
 
 
+def _with_experiment(check: Mapping[str, Any], default: str, reading: str) -> dict[str, Any]:
+    """``check`` with every ``experiment`` equal to ``default`` (top level, ``method``, ``baseline``) replaced."""
+    out = copy.deepcopy(dict(check))
+    for part in (out, out.get("method"), out.get("baseline")):
+        if isinstance(part, dict) and part.get("experiment") == default:
+            part["experiment"] = reading
+    return out
+
+
 def _readings(claim: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(reading name, check) for the default reading and every alternative (its experiment substituted)."""
+    """(reading name, check) for the default reading and every alternative: each reading's experiment replaces
+    the default reading's wherever the check names it (``experiment``, ``method.experiment``,
+    ``baseline.experiment``)."""
     check = dict(claim["check"])
     readings = claim.get("readings")
     if not readings:
         return [("", check)]
-    return [(r["name"], {**check, **({"experiment": r["experiment"]} if "experiment" in r else {})})
-            for r in readings]
+    default = readings[0].get("experiment")
+    return [(r["name"], _with_experiment(check, default, r["experiment"]) if "experiment" in r and default else
+             copy.deepcopy(check)) for r in readings]
 
 
 def _to_decide(outcome: Outcome) -> str:
-    if outcome.verdict != INCONCLUSIVE or outcome.effect is None or outcome.effect_is.startswith("share"):
+    if outcome.verdict != INCONCLUSIVE or outcome.effect is None or \
+            outcome.effect_is.startswith(("share", "value − paper")):
         return ""
     seeds = max(1, len(set(outcome.seeds)))
     needed = seeds_to_decide(outcome.effect, seeds)
@@ -448,10 +477,25 @@ def audit(results: Mapping[str, pd.DataFrame], claims: Sequence[Mapping[str, Any
         if len(rows) > 1:
             ran = [r for r in rows if r["verdict"] not in (NOT_RUN, NOT_APPLICABLE)]
             flag = "" if len(ran) < 2 else ("yes" if len(decided) > 1 else "no")
+            if flag == "no" and _identical_readings(results, claim):
+                flag = "no (the readings give identical results at this scale: not a test of the assumption here)"
             for row in rows:
                 row["reading_dependent"] = flag
         out.extend(rows)
     return out
+
+
+def _identical_readings(results: Mapping[str, pd.DataFrame], claim: Mapping[str, Any]) -> bool:
+    """Whether every reading's table reproduces the same numbers for the same cells (e.g. guidance on 3 channels
+    and on all channels of a 1-channel latent)."""
+    tables = [results.get(r["experiment"]) for r in claim.get("readings") or [] if "experiment" in r]
+    if len(tables) < 2 or any(t is None for t in tables):
+        return False
+    def key(table: pd.DataFrame) -> pd.Series:
+        run = table[table["status"] == "run"]
+        return run.set_index(["cell", "metric"])["reproduced"].astype(float).sort_index()
+    first = key(tables[0])
+    return all(key(t).reindex(first.index).equals(first) for t in tables[1:])
 
 
 def load_results(results_dir: Path, tables: Sequence[str | Path] | None = None) -> dict[str, pd.DataFrame]:

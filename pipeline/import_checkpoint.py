@@ -9,7 +9,9 @@ The file is read from a local path only (never downloaded) with ``torch.load(wei
   ...}`` gives its ``ema`` (as both repositories' ``find_model`` does);
 * ``uvit`` (baofff/U-ViT ``nnet_ema.pth``): a state dict with the keys of ``models/uvit.py``;
 * ``ldm`` (CompVis/latent-diffusion ``cin256-v2``): ``state_dict`` holding the UNet under ``model.diffusion_model.``
-  and the class embedder as ``cond_stage_model.embedding.weight``; the first stage (VAE) is left out.
+  and the class embedder as ``cond_stage_model.embedding.weight``; the first stage (VAE) is left out, and so is
+  a ``model_ema.*`` copy (LitEma's dot-less names): the released inference checkpoints hold the weights to sample
+  under ``model.diffusion_model.``.
 
 The weights must fit the preset's (or ``--run-json``'s) network exactly: the first missing key, unexpected key or
 shape mismatch is one :class:`~core.errors.InputError` line. The harness checkpoint holds the weights as both
@@ -124,16 +126,20 @@ def import_checkpoint(source: str | Path, out: str | Path, run: Mapping[str, Any
 
 
 def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    if args.step is not None and args.step < 0:
+        raise InputError(f"--step: expected an integer >= 0, got {args.step}")
     if args.preset is not None:
+        if args.run_json is not None:
+            raise InputError("give --preset or --run-json, not both")
         preset = PRESETS[args.preset]
-        return dict(preset["run"]), args.layout or preset["layout"], args.step or preset["step"]
+        return dict(preset["run"]), args.layout or preset["layout"], preset["step"] if args.step is None else args.step
     if args.run_json is None or args.layout is None:
         raise InputError("give --preset, or --run-json with --layout")
     try:
         run = json.loads(require_file(args.run_json, "run config").read_text())
     except ValueError as err:
         raise InputError(f"{args.run_json}: not JSON ({err})") from None
-    return run, args.layout, args.step or 0
+    return run, args.layout, 0 if args.step is None else args.step
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -285,6 +285,8 @@ def check_sampler_settings(*, sampler: str, steps: int, cfg_scale: float, atol: 
     _check(legacy_cfg_channels is None or (_is_int(legacy_cfg_channels) and legacy_cfg_channels >= 1),
            "--legacy-cfg-channels", "an integer >= 1", legacy_cfg_channels)
     _check(ddpm_variance in FIXED_VARIANCES, "--ddpm-variance", f"one of {', '.join(FIXED_VARIANCES)}", ddpm_variance)
+    _check(sampler != "sde" or (_is_int(steps) and steps >= 2), "--steps", "an integer >= 2 for the sde sampler",
+           steps)
 
 
 def check_checkpoint_path(ckpt: str | os.PathLike) -> Path:
@@ -410,7 +412,7 @@ def _sample_locked(ckpt: Path, out: Path, shard_path: Path, opts: SampleOptions,
             device=procs.device)
         identity = {"format": FORMAT, **description, "tf32": bool(opts.tf32),
                     "label_rule": "randint(num_classes) from derive_seed(seed, 'label', i)",
-                    "noise_rule": "randn from derive_seed(seed, 'noise', i); DDPM steps from "
+                    "noise_rule": "randn from derive_seed(seed, 'noise', i); DDPM and SDE steps from "
                                   "derive_seed(seed, 'steps', i)",
                     "quantisation": QUANTISATION}
         settings_sha = config_hash(identity, length=64)

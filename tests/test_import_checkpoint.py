@@ -107,6 +107,13 @@ def test_the_cli_imports_with_a_run_json_and_refuses_bad_input(tmp_path, capsys)
         main([str(official), "--out", str(tmp_path / "d.pt")])
     with pytest.raises(InputError, match="checkpoint to import not found"):
         main([str(tmp_path / "none.pt"), "--preset", "dit-xl-2-256", "--out", str(tmp_path / "e.pt")])
+    with pytest.raises(InputError, match="not both"):
+        main([str(official), "--preset", "dit-xl-2-256", "--run-json", str(run_json), "--out", str(tmp_path / "f.pt")])
+    with pytest.raises(InputError, match="--step: expected an integer >= 0"):
+        main([str(official), "--run-json", str(run_json), "--layout", "dit", "--step", "-1", "--out",
+              str(tmp_path / "g.pt")])
+    assert main([str(official), "--run-json", str(run_json), "--layout", "dit", "--step", "0", "--out",
+                 str(tmp_path / "h.pt")]) == 0
 
 
 def test_presets_describe_the_published_networks():

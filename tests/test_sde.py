@@ -56,3 +56,11 @@ def test_sde_sample_sets_are_named_and_parsed():
 
     tag = sample_tag({"kind": "sde", "steps": 250}, 1.5, 50000, 0)
     assert tag == "sde250-cfg1.5-n50000-seed0" and parse_sample_tag(tag)["kind"] == "sde"
+
+
+def test_the_cli_checks_the_sde_steps_before_any_work():
+    from core.errors import InputError
+    from pipeline.sample import check_sampler_settings
+
+    with pytest.raises(InputError, match="--steps: expected an integer >= 2 for the sde sampler"):
+        check_sampler_settings(sampler="sde", steps=1, cfg_scale=1.0, atol=1e-6, rtol=1e-3, seed=0, micro_batch=4)

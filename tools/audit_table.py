@@ -37,7 +37,10 @@ def table(rows: Sequence[dict[str, str]]) -> str:
         else:
             effect = f"{_number(row['effect'])} [{_number(row['effect_low'])}, {_number(row['effect_high'])}]"
         text = row["text"] + (" *(implied)*" if row["type"] == "implied" else "")
-        reading = row["reading"] + (" (verdict depends on it)" if row["reading_dependent"] == "yes" else "")
+        dependent = row["reading_dependent"]
+        reading = row["reading"] + (" (verdict depends on it)" if dependent == "yes" else
+                                    " (identical results under every reading here)" if dependent.startswith("no (")
+                                    else "")
         seeds = str(len(row["seeds"].split())) if row["seeds"] else ""
         lines.append(f"| {text} | {reading} | {row['verdict']} | {effect} | {seeds} | {row['to_decide']} |")
     counts = Counter(row["verdict"] for row in rows)
