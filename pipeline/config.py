@@ -209,6 +209,9 @@ def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
     config.update(copy.deepcopy(dict(overrides or {})))
     if isinstance(config.get("fig3"), Mapping):
         config["fig3"] = cli_numbers(config["fig3"])
+    for key, value in list(config.items()):   # `--config std_grid=[0.3,1.0]` reaches here as ['0.3', '1.0']
+        if isinstance(value, list):
+            config[key] = cli_numbers(value)
     for key, value in scale_values.items():
         config.setdefault(key, value)
     alternative = config.pop("protocol_overrides", None) or {}

@@ -161,3 +161,15 @@ def test_cells_with_a_second_paper_value_show_it_with_its_source():
     assert row["paper"] == 17.2 and row["difference"] == pytest.approx(2.8)   # judged against `paper` only
     assert row["paper_also"].startswith("18.5 (Fig. 7 none-400k")
     assert paper_also_text([], "fid") == ""
+
+
+def test_list_overrides_from_the_command_line_arrive_as_numbers(tmp_path):
+    """`--config std_grid=[0.3,1.0]` reaches the config as strings (issue 19, item 3): read as numbers."""
+    config = load_scale("mini", overrides={"std_grid": ["0.3", "1.0"], "audit_alternatives": ["fig1_sd3"]})
+    assert config["std_grid"] == [0.3, 1.0] and config["audit_alternatives"] == ["fig1_sd3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", "none",
+         "--directory", str(tmp_path), "-n", "results/fig2.csv", "--cores", "1", "--config", "std_grid=[0.3,1.0]"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "std1-" in proc.stdout and "std2.5" not in proc.stdout
