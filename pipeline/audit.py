@@ -35,6 +35,7 @@ from core.io import atomic_write_csv, git_commit, portable_path, provenance
 from pipeline.config import load_claims, load_fig3
 from pipeline.verdicts import (
     CONTRADICTED,
+    DRAWS,
     INCONCLUSIVE,
     NOT_APPLICABLE,
     NOT_RUN,
@@ -222,7 +223,7 @@ def _fraction_outcome(p_in: float, point_in: bool, evidence: str, what: str, see
 
 
 def check_argmin_in(rows: pd.DataFrame, where: Mapping[str, Any], interval: Sequence[float],
-                    rng: np.random.Generator, draws: int = 4000) -> Outcome:
+                    rng: np.random.Generator, draws: int = DRAWS) -> Outcome:
     """The curve's best data std lies in ``interval`` (e.g. Fig. 6's optimum around 0.70)."""
     curve = _curve(rows, where, "")
     if curve is None:
@@ -240,7 +241,7 @@ def check_argmin_in(rows: pd.DataFrame, where: Mapping[str, Any], interval: Sequ
 
 
 def check_snr_band(rows: pd.DataFrame, fig3_cfg: Mapping[str, Any], rng: np.random.Generator,
-                   draws: int = 4000) -> Outcome:
+                   draws: int = DRAWS) -> Outcome:
     """At each schedule's best-FID std (Fig. 2), the Eq. 7 SNR-PDF mean lies in Fig. 3's band, for every
     schedule at once, on every draw."""
     import torch
@@ -308,7 +309,7 @@ def speedup_ratios(baseline_step: float, steps: np.ndarray, fids: np.ndarray,
 
 
 def check_speedup(results: Mapping[str, pd.DataFrame], check: Mapping[str, Any],
-                  rng: np.random.Generator, draws: int = 4000) -> Outcome:
+                  rng: np.random.Generator, draws: int = DRAWS) -> Outcome:
     """How many times sooner the method's FID curve reaches the baseline's FID at its last milestone:
     ``baseline step / method step``, judged against ``min_ratio`` (× (1 − ``tolerance``))."""
     method_rows = _rows(results, check["method"]["experiment"])
@@ -374,7 +375,7 @@ def check_absolute(rows: pd.DataFrame, cell: str, paper: float, tolerance: float
     points = f"{cell} {value.mean:.4g} vs the paper's {paper:g} ± {tolerance:g}"
     if (undecided := _undecidable([value], points, seeds)) is not None:
         return undecided
-    low, high = (float(q) for q in np.quantile(value.draws(rng, 4000) - paper, [0.025, 0.975]))
+    low, high = (float(q) for q in np.quantile(value.draws(rng, DRAWS) - paper, [0.025, 0.975]))
     verdict = SUPPORTED if -tolerance <= low and high <= tolerance else \
         CONTRADICTED if high < -tolerance or low > tolerance else INCONCLUSIVE
     effect = Effect(value.mean - paper, low, high, verdict, 0.0)
@@ -438,7 +439,7 @@ def _to_decide(outcome: Outcome) -> str:
             outcome.effect_is.startswith(("share", "value − paper")):
         return ""
     seeds = max(1, len(set(outcome.seeds)))
-    needed = seeds_to_decide(outcome.effect, seeds)
+    needed = seeds_to_decide(outcome.effect, seeds, limit=MAX_SEEDS_SHOWN)  # search no further than shown
     if needed is None:
         return "no effect observed"
     if needed > MAX_SEEDS_SHOWN:

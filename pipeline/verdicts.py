@@ -101,16 +101,16 @@ def seeds_to_decide(effect: Effect, seeds: int, limit: int = 100_000) -> int | N
     shrinks like 1/√n — times √2 from one seed, where the seeds' own spread is unmeasured and taken as large as
     the metric's noise — and the quantile falls with the df. ``None`` for an effect at the threshold itself;
     ``limit + 1`` when even ``limit`` seeds would not do."""
-    from scipy import stats
+    from pipeline.cells import quantile  # one t/normal quantile for cells and verdicts
 
     gap = abs(effect.value - effect.threshold)
     half = (effect.high - effect.low) / 2
     if gap == 0 or not math.isfinite(half) or half <= 0:
         return None
     seeds = max(seeds, 1)
-    se = half / (stats.t.ppf(0.975, seeds - 1) if seeds >= 2 else stats.norm.ppf(0.975))
+    se = half / quantile(LEVEL, seeds - 1 if seeds >= 2 else None)
     se1 = se * math.sqrt(seeds) * (math.sqrt(2.0) if seeds == 1 else 1.0)   # the se of one seed per cell
     for n in range(seeds + 1, limit + 1):
-        if stats.t.ppf(0.975, n - 1) * se1 / math.sqrt(n) < gap:
+        if quantile(LEVEL, n - 1) * se1 / math.sqrt(n) < gap:
             return n
     return limit + 1
