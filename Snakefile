@@ -68,10 +68,22 @@ onstart:
     # (`onstart` never runs in a dry run, so `-n` needs no data.)
     from pipeline.data_config import check_data_sources
 
-    # Only when a job will read data or weights (`results/budget.csv`, figures from existing cells need none).
-    _DATA_RULES = {"latents", "reference_npz", "dataset_npz", "inception_weights", "train_segment", "sample", "grids"}
-    _needs_data = any(job.rule.name in _DATA_RULES for job in workflow.dag.needrun_jobs())
-    _problems = check_data_sources(config) if _needs_data else []
+    # Only what the pending jobs read (`results/budget.csv`, figures from existing cells need nothing; a
+    # calibration-only run needs no ImageNet): pipeline.data_config's parts per rule.
+    # References and published checkpoints: only those a pending job links.
+    _PARTS = {"latents": {"datasets", "autoencoders"}, "dataset_npz": {"datasets"},
+              "train_segment": {"datasets", "autoencoders"}, "reference_npz": {"references"},
+              "inception_weights": {"extractor"}, "sample": {"autoencoders", "extractor"},
+              "grids": {"autoencoders"}, "official_checkpoint_link": {"official_checkpoints"}}
+    _pending = list(workflow.dag.needrun_jobs())
+    _needs = set().union(*(_PARTS.get(job.rule.name, set()) for job in _pending))
+    _linked = {(job.rule.name, value) for job in _pending for value in job.wildcards_dict.values()}
+    _checked = {**config,
+                "references": {name: entry for name, entry in (config.get("references") or {}).items()
+                               if ("reference_npz", name) in _linked},
+                "official_checkpoints": {spec["preset"]: spec["source"] for run, spec in REG.imported.items()
+                                         if ("official_checkpoint_link", run) in _linked}}
+    _problems = check_data_sources(_checked, needs=_needs) if _needs else []
     if _problems:
         for _line in _problems:
             print(f"error: {_line}", file=sys.stderr)

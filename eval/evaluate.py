@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def score_npz(reference: str | os.PathLike, samples: str | os.PathLike, out: str | os.PathLike,
               extractor: str = "inception", weights: str | None = None, batch_size: int | None = None,
               device: str | None = None, split_size: int = ADM_IS_SPLIT_SIZE, k: int = ADM_PR_NEIGHBOURHOOD,
-              pr_block_size: int = ADM_PR_BLOCK_SIZE, bootstrap_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
-    """Score ``samples`` against ``reference``, print ADM's five lines and write the metrics JSON atomically."""
+              pr_block_size: int = ADM_PR_BLOCK_SIZE, bootstrap_resamples: int = DEFAULT_RESAMPLES,
+              checkpoint_source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``samples`` against ``reference``, print ADM's five lines and write the metrics JSON atomically.
+
+    ``checkpoint_source``: the published file the samples' checkpoint was imported from (name, size, SHA-256,
+    layout; ``pipeline.sample`` passes it), recorded as the JSON's ``checkpoint_source``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = {"reference": str(reference), "samples": str(samples), "extractor": extractor, "weights": weights,
                 "batch_size": batch_size, "device": device, "split_size": split_size, "k": k,
@@ -117,7 +121,8 @@ def score_npz(reference: str | os.PathLike, samples: str | os.PathLike, out: str
     result = evaluate_npz(reference, samples, build_extractor(extractor, weights, device), batch_size, split_size,
                           k, pr_block_size, device, bootstrap_resamples)
     print_adm_summary(result["metrics"])
-    atomic_write_json(Path(out), {**result, "provenance": provenance(settings, None)})
+    extra = {"checkpoint_source": dict(checkpoint_source)} if checkpoint_source else {}
+    atomic_write_json(Path(out), {**result, **extra, "provenance": provenance(settings, None)})
     return result
 
 

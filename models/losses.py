@@ -95,7 +95,8 @@ def training_losses(
 
     ``x`` is already rescaled (:func:`rescale_data`). Per-sample terms: ``mse`` (Eq. 2 on the chosen
     target, times f_l(t)), ``direction`` (Eq. 8, when enabled), ``vb`` (the learned-σ hybrid term of the DiT
-    baseline on DDPM schedules) and their sum ``loss``.
+    baseline on DDPM schedules; on flows a learned-σ network's σ half gets no loss, as SiT trains its DiT) and
+    their sum ``loss``.
     """
     t = draw.t.to(x.device)
     noise = draw.noise.to(x.device, x.dtype)
@@ -110,9 +111,10 @@ def training_losses(
     if cfg.direction_loss:
         terms["direction"] = direction_loss(pred, target)
         loss = loss + cfg.direction_weight * terms["direction"]
-    if var_values is not None:
-        if not (isinstance(schedule, DDPMSchedule) and cfg.prediction == "noise"):
-            raise ValueError("learned sigma is defined for DDPM schedules with noise prediction only")
+    # Flows: the σ half of a learned-σ network gets no loss, as SiT trains its learn_sigma DiT.
+    if var_values is not None and isinstance(schedule, DDPMSchedule):
+        if cfg.prediction != "noise":
+            raise ValueError("learned sigma on a DDPM schedule needs noise prediction (the VLB term is defined on ε)")
         chain = DDPMChain.from_schedule(schedule)
         k = torch.round(schedule.index(t)).long()
         terms["vb"] = vlb_terms(chain, x.float(), x_t.float(), k, pred.detach().float(), var_values.float())

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.errors import run_cli
+from core.errors import InputError, run_cli
 from core.io import atomic_write_csv, git_commit, portable_path, provenance
 from pipeline.config import load_claims, load_fig3
 from pipeline.verdicts import (
@@ -517,8 +517,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--claims", default="config/claims.yaml")
     parser.add_argument("--fig3-config", default="config/figures/fig3.yaml")
     parser.add_argument("--out", default="results/audit.csv")
+    parser.add_argument("--only", default="", metavar="PREFIX",
+                        help="audit only the claims whose id starts with PREFIX (e.g. calibration-)")
     args = parser.parse_args(argv)
     claims, fig3_cfg = load_claims(args.claims), load_fig3(args.fig3_config)
+    claims = [claim for claim in claims if claim["id"].startswith(args.only)]
+    if not claims:
+        raise InputError(f"--only: no claim of {args.claims} has an id starting with {args.only!r}")
     rows = audit(load_results(Path(args.results), args.tables), claims, fig3_cfg)
     prov = provenance(config={"claims": portable_path(args.claims), "results": portable_path(args.results)}, seed=None)
     atomic_write_csv(args.out, rows, COLUMNS, prov)

@@ -71,7 +71,9 @@ def write_cell(cells: Sequence[Cell], metrics_files: Sequence[str], out: str, sc
         per_seed_se[str(cell.seed)] = _bootstrap_ses(record, cell.metrics)
         sources.append({"seed": cell.seed, "run": cell.run_id, "metrics_file": path,
                         "samples": cell.samples_path, "settings": record.get("settings", {}),
-                        "bootstrap": {k: v for k, v in (record.get("bootstrap") or {}).items() if k != "se"}})
+                        "bootstrap": {k: v for k, v in (record.get("bootstrap") or {}).items() if k != "se"},
+                        **({"checkpoint_source": record["checkpoint_source"]} if "checkpoint_source" in record
+                           else {})})
     summary = {m: cell_summary([per_seed[s][m] for s in per_seed], [per_seed_se[s][m] for s in per_seed])
                for m in first.metrics}
     difference = {m: summary[m]["mean"] - first.paper[m] for m in first.metrics if m in first.paper}

@@ -18,6 +18,10 @@ shape mismatch is one :class:`~core.errors.InputError` line. The harness checkpo
 ``ema`` and ``model`` (the published files are EMA weights), the published training step, the run config the
 published protocol implies, and ``source``: the file's name, size, SHA-256 and layout. ``pipeline.sample`` then
 reads it like any other checkpoint.
+
+``--export --layout L`` goes the other way: a harness checkpoint's EMA weights in a reference code's file layout
+(the calibration stand-ins at mini/smoke; ``python -m pipeline.import_checkpoint CKPT --export --layout dit --out
+F``).
 """
 
 from __future__ import annotations
@@ -33,33 +37,10 @@ from typing import Any
 import torch
 
 from core.errors import InputError, require_file, run_cli, safe_torch_load
-from core.io import portable_path, provenance
-from pipeline.checkpoints import save_checkpoint
+from core.io import atomic_save_torch, portable_path, provenance
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.presets import LAYOUTS, LDM_CLASS_EMBEDDER, LDM_PREFIX, PRESETS
 from pipeline.runconfig import RunConfig, build_network
-
-LAYOUTS = ("dit", "sit", "uvit", "ldm")
-LDM_PREFIX = "model.diffusion_model."
-LDM_CLASS_EMBEDDER = {"cond_stage_model.embedding.weight": "class_embedder.embedding.weight"}
-
-
-def _latent_dit(name: str, size: int, schedule: str, prediction: str) -> dict[str, Any]:
-    return {"network": {"name": name, "input_size": size, "in_channels": 4, "num_classes": 1000, "learn_sigma": True,
-                        "class_dropout_prob": 0.1},
-            "schedule": schedule, "prediction": prediction, "input_scale": {"factor": 0.18215}}
-
-
-# The published models: layout, the run config their protocol implies, and the steps they were trained for.
-PRESETS: dict[str, dict[str, Any]] = {
-    # DiT (Peebles & Xie): DDPM linear, epsilon, learned sigma, SD-VAE latents x 0.18215; 7M steps (DiT README).
-    "dit-xl-2-256": {"layout": "dit", "step": 7_000_000,
-                     "run": _latent_dit("DiT-XL/2", 32, "ddpm-linear", "noise")},
-    "dit-xl-2-512": {"layout": "dit", "step": 3_000_000,
-                     "run": _latent_dit("DiT-XL/2", 64, "ddpm-linear", "noise")},
-    # SiT (Ma et al.): linear interpolant, velocity, the DiT backbone with learn_sigma (its sampler drops the
-    # sigma channels); 7M steps (SiT README).
-    "sit-xl-2-256": {"layout": "sit", "step": 7_000_000,
-                     "run": _latent_dit("DiT-XL/2", 32, "flow-linear", "velocity")},
-}
 
 
 def sha256_of(path: Path) -> str:
@@ -118,11 +99,34 @@ def import_checkpoint(source: str | Path, out: str | Path, run: Mapping[str, Any
     check_fits(state, net, path, config["network"]["name"])
     net.load_state_dict(state)  # dtype and device as the harness builds them
     weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    record = {"file": portable_path(path), "bytes": path.stat().st_size, "sha256": sha256_of(path),
+    real = path.resolve()  # the published file itself when `source` is a link to it (work/official/<run>.pt)
+    record = {"file": portable_path(real), "bytes": real.stat().st_size, "sha256": sha256_of(real),
               "layout": layout}
     save_checkpoint(out, {"step": int(step), "model": weights, "ema": weights, "config": config, "data_std": 1.0,
                           "source": record, "provenance": provenance({"config": config, "source": record}, None)})
     return record
+
+
+def official_layout(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, Any]:
+    """A harness state dict as its reference code saves it (the inverse of :func:`official_state_dict`): DiT, SiT
+    and U-ViT a plain state dict (as ``DiT-XL-2-256x256.pt``), LDM ``{"state_dict": …}`` with the UNet under
+    ``model.diffusion_model.`` and the class embedder as ``cond_stage_model.embedding.weight``."""
+    if layout not in LAYOUTS:
+        raise InputError(f"--layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+    weights = {key: value.detach().clone() for key, value in state.items()}
+    if layout != "ldm":
+        return weights
+    renamed = {new: old for old, new in LDM_CLASS_EMBEDDER.items()}
+    return {"state_dict": {renamed.get(key, LDM_PREFIX + key): value for key, value in weights.items()}}
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, layout: str) -> None:
+    """Write the EMA weights of a harness checkpoint in a reference code's file layout (:func:`official_layout`):
+    what the calibration stand-ins import back, and what the tests build as an official file."""
+    checkpoint = load_checkpoint(ckpt)
+    if not isinstance(checkpoint.get("ema"), Mapping):
+        raise InputError(f"{ckpt}: harness checkpoint without 'ema' weights")
+    atomic_save_torch(official_layout(checkpoint["ema"], layout), out)
 
 
 def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
@@ -135,10 +139,13 @@ def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         return dict(preset["run"]), args.layout or preset["layout"], preset["step"] if args.step is None else args.step
     if args.run_json is None or args.layout is None:
         raise InputError("give --preset, or --run-json with --layout")
+    inline = args.run_json.lstrip().startswith("{")
     try:
-        run = json.loads(require_file(args.run_json, "run config").read_text())
+        run = json.loads(args.run_json if inline else require_file(args.run_json, "run config").read_text())
     except ValueError as err:
-        raise InputError(f"{args.run_json}: not JSON ({err})") from None
+        raise InputError(f"{'--run-json' if inline else args.run_json}: not JSON ({err})") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{'--run-json' if inline else args.run_json}: expected a JSON object (a run config)")
     return run, args.layout, 0 if args.step is None else args.step
 
 
@@ -146,11 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.import_checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the published file (a local path; nothing is downloaded)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a published model: its layout, network and protocol")
-    parser.add_argument("--run-json", type=Path, help="run config of the network (instead of --preset)")
+    parser.add_argument("--run-json", help="run config of the network (instead of --preset): a JSON file or object")
     parser.add_argument("--layout", choices=LAYOUTS, help="key layout (default: the preset's)")
     parser.add_argument("--step", type=int, help="training steps of the published model (default: the preset's)")
     parser.add_argument("--out", required=True, type=Path, help="the harness checkpoint to write")
+    parser.add_argument("--export", action="store_true",
+                        help="the other way: write SOURCE (a harness checkpoint)'s EMA weights in --layout's file "
+                             "layout to --out")
     args = parser.parse_args(argv)
+    if args.export:
+        if args.layout is None or args.preset is not None or args.run_json is not None or args.step is not None:
+            raise InputError("--export takes --layout (and none of --preset, --run-json, --step)")
+        export_checkpoint(args.source, args.out, args.layout)
+        print(f"wrote {args.out}: the EMA weights of {args.source} in the {args.layout} layout")
+        return 0
     run, layout, step = _run_config(args)
     record = import_checkpoint(args.source, args.out, run, layout, step)
     print(f"wrote {args.out}: {run['network']['name']} from {record['file']} ({layout} layout, sha256 "

@@ -9,6 +9,8 @@ from __future__ import annotations
 PATHS: dict[str, str] = {
     "run_config": "work/runs/{run}/run.json",
     "checkpoint": "work/runs/{run}/ckpt/step{step}.pt",
+    "official_checkpoint": "work/official/{run}.pt",      # a published file (link) or a stand-in in its layout
+    "imported_checkpoint": "work/imported/{run}/step{step}.pt",
     "rolling_dir": "work/runs/{run}/rolling",
     "train_log_dir": "work/runs/{run}/log",
     "train_log": "work/logs/train/{run}/step{step}.log",

@@ -24,6 +24,7 @@ from models.families import reference_time_input
 from pipeline import config as config_files
 from pipeline.config import EXPERIMENTS_FILE
 from pipeline.paths import path
+from pipeline.presets import PRESETS, STAND_IN
 from pipeline.run_defaults import RUN_DEFAULTS
 
 
@@ -47,6 +48,7 @@ class Cell:
     paper: dict[str, Any] = field(default_factory=dict)
     cfg_channels: int | None = None  # channels guidance acts on (None: all, or no guidance at cfg 1)
     paper_also: list[dict[str, Any]] = field(default_factory=list)  # other paper values of this sample set
+    citation: str = ""      # where the `paper` values come from (calibration cells)
 
     @property
     def sample_tag(self) -> str:
@@ -77,6 +79,19 @@ class Registry:
     cells: dict[str, list[Cell]]
     experiments: dict[str, dict[str, Any]]
     protocols: dict[str, dict[str, Any]]
+    # Runs whose checkpoint is a published file (calibration blocks): run id -> {preset, layout, source}, with
+    # source the scale's official_checkpoints entry (a local path, or `stand-in`: trained here, exported, imported).
+    imported: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def is_trained(self, run_id: str) -> bool:
+        """Whether this DAG trains the run (every run but those imported from a published file)."""
+        return _is_trained(self.imported, run_id)
+
+    def checkpoint_path(self, run_id: str, step: int) -> str:
+        """The checkpoint a run's sample sets read: its milestone, or for an imported run the harness checkpoint
+        made from the published file (``work/imported/<run>/step<N>.pt``)."""
+        kind = "imported_checkpoint" if run_id in self.imported else "checkpoint"
+        return path(kind, run=run_id, step=step)
 
     def previous_milestone(self, run_id: str, step: int) -> int | None:
         """The milestone a segment ending at ``step`` starts from (None for the first segment)."""
@@ -100,6 +115,37 @@ class Registry:
         for cell in self.cells[experiment]:
             groups.setdefault(cell.id, []).append(cell)
         return groups
+
+
+def _is_trained(imported: Mapping[str, Mapping[str, Any]], run_id: str) -> bool:
+    return run_id not in imported or imported[run_id]["source"] == STAND_IN
+
+
+def published_run(where: str, preset_name: str, built: Mapping[str, Any], protocol: Mapping[str, Any],
+                  source: str, stand_ins: Mapping[str, Any]) -> dict[str, Any]:
+    """The run of a calibration cell: the recipe under its protocol (``built``) must be the preset's model
+    (schedule, prediction, learned σ). A stand-in is ``built`` itself, trained here -- allowed only where the
+    scale's networks are stand-ins (at the paper scale it would train the published model from scratch). A
+    published file's run is the preset's run config with the defaults filled (its identity holds no training-only
+    key of the scale), and the protocol must describe it: its network and its steps."""
+    preset = PRESETS[preset_name]
+    run = preset["run"]
+    for key, ours, theirs in (("schedule", built["schedule"], run["schedule"]),
+                              ("prediction", built["prediction"], run["prediction"]),
+                              ("learn_sigma", built["network"].get("learn_sigma"), run["network"]["learn_sigma"])):
+        if ours != theirs:
+            raise ValueError(f"{where}: the recipe's {key} {ours!r} is not {preset_name}'s {theirs!r}")
+    if source == STAND_IN:
+        if not (stand_ins or {}).get("networks"):
+            raise ValueError(f"official_checkpoints.{preset_name}: `stand-in` is for scales whose networks are "
+                             f"stand-ins (mini, smoke); here it would train {run['network']['name']} from scratch: "
+                             f"give the published file's path")
+        return dict(built)
+    if built["network"] != run["network"]:
+        raise ValueError(f"{where}: protocol network {built['network']} is not {preset_name}'s {run['network']}")
+    if round(float(protocol["steps"])) != preset["step"]:
+        raise ValueError(f"{where}: protocol steps {protocol['steps']} are not {preset_name}'s {preset['step']}")
+    return {**copy.deepcopy(RUN_DEFAULTS), **copy.deepcopy(run), "seed": int(built["seed"])}
 
 
 def sample_tag(sampler: Mapping[str, Any], cfg: float, num: int, seed: int, cfg_channels: int | None = 3) -> str:
@@ -281,24 +327,47 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
     run_protocol: dict[str, str] = {}
     needed: dict[str, set[int]] = {}
     cells: dict[str, list[Cell]] = {}
+    imported: dict[str, dict[str, Any]] = {}
+    official = scale_cfg.get("official_checkpoints") or {}
 
     def add_cell(exp: str, block: Mapping[str, Any], cell_id: str, recipe_name: str, overrides: Mapping,
                  milestone: Any, cfg: Any, metrics: list[str], coords: dict, paper: dict,
-                 cfg_channels: Any = None, paper_also: list | None = None) -> None:
+                 cfg_channels: Any = None, paper_also: list | None = None, sampler_name: str | None = None,
+                 citation: str = "") -> None:
         pname = block["protocol"]
         protocol = protocols[pname]
-        paper_step = int(protocol["steps"] / protocol["milestone_scale"]) if milestone in (None, "final") \
+        checkpoint = block.get("checkpoint")
+        if checkpoint is not None and checkpoint not in official:
+            raise ValueError(f"{exp}/{cell_id}: official_checkpoints.{checkpoint} is not set at this scale (the "
+                             f"published file's path)")
+        if checkpoint is not None and milestone not in (None, "final"):
+            raise ValueError(f"{exp}/{cell_id}: milestone: a cell of a published checkpoint evaluates its final "
+                             f"step only")
+        paper_step = round(protocol["steps"] / protocol["milestone_scale"]) if milestone in (None, "final") \
             else int(milestone)
         step = scaled_step(paper_step, protocol) if milestone not in (None, "final") else int(protocol["steps"])
         if step > int(protocol["steps"]):
             raise ValueError(f"{exp}/{cell_id}: milestone {milestone} is past protocol {pname}'s last step")
         for seed in protocol["seeds"]:
             run = build_run(recipes[recipe_name], overrides, protocol, seed, latents_dir(protocol))
+            if checkpoint is not None:
+                run = published_run(f"{exp}/{cell_id}", checkpoint, run, protocol, official[checkpoint],
+                                    scale_cfg.get("stand_ins") or {})
             run_id = f"{run_slug(pname, run)}-{config_hash(run)}"
+            spec = None if checkpoint is None else {"preset": checkpoint, "layout": PRESETS[checkpoint]["layout"],
+                                                    "source": official[checkpoint]}
+            if run_id in runs and imported.get(run_id) != spec:
+                raise ValueError(f"{exp}/{cell_id}: its run {run_id} is also another cell's, with another "
+                                 f"checkpoint ({imported.get(run_id)} vs {spec}); give the cells distinct recipes")
             runs[run_id] = run
             run_protocol[run_id] = pname
             needed.setdefault(run_id, set()).add(step)
-            sampler_key = "ddpm" if run["schedule"].startswith("ddpm") else "flow"
+            if spec is not None:
+                imported[run_id] = spec
+            sampler_key = sampler_name or ("ddpm" if run["schedule"].startswith("ddpm") else "flow")
+            if sampler_key not in protocol["samplers"]:
+                raise ValueError(f"{exp}/{cell_id}: sampler {sampler_key!r} is not one of protocol {pname}'s "
+                                 f"samplers ({', '.join(protocol['samplers'])})")
             sampler = dict(protocol["samplers"][sampler_key])
             if run["network"].get("learn_sigma"):
                 sampler.pop("variance", None)  # learned sigma: the fixed variance plays no part
@@ -309,7 +378,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
                 milestone=paper_step, step=step, sampler=sampler,
                 cfg=scale, num_samples=int(protocol["num_samples"]),
                 metrics=tuple(metrics), coords=coords, paper=paper, cfg_channels=guided_channels(scale, channels),
-                paper_also=copy.deepcopy(list(paper_also or [])),
+                paper_also=copy.deepcopy(list(paper_also or [])), citation=citation,
             ))
 
     for exp, spec in experiments["experiments"].items():
@@ -321,7 +390,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
                 for c in block["cells"]:
                     add_cell(exp, block, c["id"], c["recipe"], c.get("overrides", {}), c.get("milestone"),
                              c.get("cfg"), c["metrics"], {}, dict(c.get("paper", {})), c.get("cfg_channels"),
-                             c.get("paper_also"))
+                             c.get("paper_also"), c.get("sampler"), c.get("citation", ""))
             else:
                 for coords, sweep_overrides in _sweep_points(block.get("sweep", {}), scale_cfg):
                     overrides = {**copy.deepcopy(block.get("overrides", {})), **sweep_overrides}
@@ -330,13 +399,14 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
 
     milestones = {}
     for run_id, steps in needed.items():
-        every = int(protocols[run_protocol[run_id]]["segment_every"])
+        # A run imported from a published file has one milestone (nothing is trained, so no segments).
+        every = int(protocols[run_protocol[run_id]]["segment_every"]) if _is_trained(imported, run_id) else 0
         top = max(steps)
         bounds = set(range(every, top, every)) if every > 0 else set()
         milestones[run_id] = sorted(steps | bounds)
     return Registry(scale=str(scale_cfg.get("scale_name", "?")), runs=runs, run_protocol=run_protocol,
                     milestones=milestones, cells=cells, experiments=dict(experiments["experiments"]),
-                    protocols=protocols)
+                    protocols=protocols, imported=imported)
 
 
 def grid_spec(registry: Registry, experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,8 @@ def cell_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             "se_metric": _blank(summary.get("se_metric")),
             "difference": "" if paper is None else summary["mean"] - paper, "n_seeds": summary["n"],
             "seeds": " ".join(map(str, record["seeds"])), "scale": record["scale"],
-            "note": "" if paper is not None else "paper value not stated in the text (figure only)",
+            "note": spec.get("citation") or ("" if paper is not None
+                                             else "paper value not stated in the text (figure only)"),
         })
     return rows
 

@@ -242,7 +242,8 @@ def build_session(
         "checkpoint": {"path": portable_path(ckpt_path), "step": int(checkpoint.get("step", -1)),
                        "config_hash": config_hash(checkpoint["config"]),
                        "weights": "ema" if use_ema else "raw",
-                       "data_std": data_std, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+                       "data_std": data_std, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                       **({"source": checkpoint["source"]} if "source" in checkpoint else {})},
         "run": {"schedule": run["schedule"], "prediction": run["prediction"], "network": run["network"],
                 "input_scale": run["input_scale"]},
         "sampler": sampler_description(sampler, bool(net.learn_sigma)),
@@ -562,8 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.metrics_out is not None:
             from eval.evaluate import score_npz
 
+            source = json.loads(args.out.with_suffix(".json").read_text())["checkpoint"].get("source")
             score_npz(args.reference, args.out, args.metrics_out, args.extractor, args.extractor_weights,
-                      device=None if args.device == "auto" else args.device)
+                      device=None if args.device == "auto" else args.device, checkpoint_source=source)
     return 0
 
 

@@ -124,3 +124,38 @@ def test_presets_describe_the_published_networks():
         assert count == pytest.approx(675e6, rel=0.01)
     assert PRESETS["dit-xl-2-512"]["run"]["network"]["input_size"] == 64
     assert PRESETS["sit-xl-2-256"]["run"]["schedule"] == "flow-linear"
+
+
+@pytest.mark.parametrize(("layout", "run"), [("dit", DIT_RUN), ("sit", DIT_RUN), ("uvit", UNET_RUN), ("ldm", UNET_RUN)])
+def test_export_writes_the_official_layout_that_imports_back_exactly(tmp_path, layout, run):
+    """--export (the calibration stand-ins) writes a harness checkpoint's EMA in the reference code's layout: a bare
+    state dict for DiT/SiT/U-ViT (as DiT-XL-2-256x256.pt), LDM's prefixed `state_dict`; importing it gives the
+    same weights, and the source record names the file a link points to."""
+    ema = random_weights(run, 3)
+    save_checkpoint(tmp_path / "own.pt", {"step": 9, "model": random_weights(run, 4), "ema": ema, "config": run,
+                                          "data_std": 1.0})
+    assert main([str(tmp_path / "own.pt"), "--export", "--layout", layout, "--out", str(tmp_path / "off.pt")]) == 0
+    raw = torch.load(tmp_path / "off.pt", weights_only=True)
+    if layout == "ldm":
+        assert set(raw) == {"state_dict"} and "cond_stage_model.embedding.weight" in raw["state_dict"]
+        assert all(k.startswith("model.diffusion_model.") for k in raw["state_dict"] if not k.startswith("cond_"))
+    else:
+        assert set(raw) == set(ema)
+    (tmp_path / "link.pt").symlink_to(tmp_path / "off.pt")
+    record = import_checkpoint(tmp_path / "link.pt", tmp_path / "back.pt", run, layout, step=9)
+    assert record["file"].endswith("off.pt")
+    net, _, _ = load_network(tmp_path / "back.pt")
+    assert all(torch.equal(net.state_dict()[k], ema[k]) for k in ema)
+    with pytest.raises(InputError, match="--export takes --layout"):
+        main([str(tmp_path / "own.pt"), "--export", "--out", str(tmp_path / "x.pt")])
+
+
+def test_the_run_config_may_be_given_inline(tmp_path):
+    """The import rule passes the registry's run as a JSON object (no file), as the training rule does."""
+    official = tmp_path / "w.pt"
+    torch.save(random_weights(DIT_RUN), official)
+    assert main([str(official), "--run-json", json.dumps(DIT_RUN), "--layout", "dit", "--out",
+                 str(tmp_path / "c.pt")]) == 0
+    with pytest.raises(InputError, match="--run-json: not JSON"):
+        main([str(official), "--run-json", "{not json", "--layout", "dit", "--out", str(tmp_path / "d.pt")])
+    assert not (tmp_path / "d.pt").exists()

@@ -229,8 +229,22 @@ def test_learned_sigma_hybrid_loss_on_ddpm():
     assert set(terms) == {"mse", "vb", "loss"}
     assert torch.isfinite(terms["vb"]).all() and (terms["vb"] >= 0).all()
     terms["loss"].mean().backward()
-    with pytest.raises(ValueError):
-        training_losses(net, x, y, draw, FlowLinear(), LossConfig(prediction="noise"))
+    with pytest.raises(ValueError, match="needs noise prediction"):
+        training_losses(net, x, y, draw, s, LossConfig(prediction="velocity"))
+
+
+def test_learned_sigma_on_a_flow_gets_no_loss_as_sit_trains_it():
+    """SiT trains DiT with learn_sigma=True and drops the σ half of the output: only the prediction half counts."""
+    torch.manual_seed(0)
+    net = TinyConvNet(channels=1, num_classes=10, learn_sigma=True)
+    s, cfg = FlowLinear(), LossConfig(prediction="velocity")
+    x, y = torch.rand(6, 1, 8, 8) * 2 - 1, torch.randint(0, 10, (6,))
+    draw = draw_training_randomness(x.shape, s, cfg, torch.Generator().manual_seed(5))
+    terms = training_losses(net, x, y, draw, s, cfg)
+    assert set(terms) == {"mse", "loss"} and torch.equal(terms["loss"], terms["mse"])
+    out = net(interpolate(x, draw.noise, draw.t, s), s.model_time(draw.t), torch.where(draw.drop, 10, y))
+    expected = mse_loss(out.chunk(2, dim=1)[0], training_target("velocity", x, draw.noise, draw.t, s))
+    assert torch.allclose(terms["mse"], expected)
 
 
 def test_vlb_pieces():

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # Blocks not run here: the refactor proof (a procedure across two checkouts, not one command) and the import of a
 # published checkpoint (needs the 2.7 GB file; tests/test_import_checkpoint.py runs the same CLI on small networks).
-SKIPPED_BLOCKS = ("git worktree add", "pipeline.import_checkpoint")
+# The one-time downloads (`curl`) are never run: nothing here may download (tests/test_data_readiness.py checks
+# the table they come from).
+SKIPPED_BLOCKS = ("git worktree add", "pipeline.import_checkpoint", "curl -fL")
 
 
 def bash_blocks() -> list[str]:

@@ -120,14 +120,25 @@ def created_files(workdir: Path) -> list[Path]:
     return [p for p in workdir.rglob("*") if p.is_file() and ".snakemake" not in p.relative_to(workdir).parts]
 
 
-def inception_link(tmp_path: Path, weights: str) -> tuple[subprocess.CompletedProcess, Path]:
+def inception_link(tmp_path: Path, weights: str, dry: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+    """Snakemake asked for the Inception link with ``extractor.weights`` set to ``weights``. A real run first
+    checks the file (its SHA-256 against torch-fidelity's); with ``dry`` the rule's own shell command, as
+    Snakemake prints it (`-n -p`), is run by bash as Snakemake runs it, so the quoting is tested on any file."""
     workdir = tmp_path / "work dir"
     workdir.mkdir(exist_ok=True)
     configfile = tmp_path / "hostile.yaml"
     configfile.write_text(yaml.safe_dump({"extractor": {"kind": "inception", "weights": weights}}))
     load_scale("mini", overrides=yaml.safe_load(configfile.read_text()))        # the schema lets it through
-    proc = snakemake(workdir, "--cores", "1", "work/extractors/inception.pth", "--configfile", str(configfile))
-    return proc, workdir
+    args = ("work/extractors/inception.pth", "--configfile", str(configfile))
+    if not dry:
+        return snakemake(workdir, "--cores", "1", *args), workdir
+    printed = snakemake(workdir, "-n", "-p", "--cores", "1", *args)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    command = next(line for line in printed.stdout.splitlines() if line.startswith("Shell command: "))
+    for folder in ("work/extractors", "work/logs/extractors"):
+        (workdir / folder).mkdir(parents=True, exist_ok=True)
+    shell = ["bash", "-c", "set -euo pipefail; " + command.removeprefix("Shell command: ")]
+    return subprocess.run(shell, capture_output=True, text=True, cwd=workdir, timeout=60), workdir
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -135,27 +146,33 @@ def test_a_hostile_weights_path_is_linked_never_run(tmp_path, name):
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
     (weights_dir / name).write_bytes(b"not really inception")
-    proc, workdir = inception_link(tmp_path, str(weights_dir / name))
+    proc, workdir = inception_link(tmp_path, str(weights_dir / name), dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     link = workdir / "work" / "extractors" / "inception.pth"
     assert link.is_symlink() and Path(os.readlink(link)) == (weights_dir / name).resolve()
     assert not pwned(tmp_path)
+    link.unlink()
+    # A real run refuses these bytes before any job: they are not torch-fidelity's weights (one line, no link).
+    proc, workdir = inception_link(tmp_path, str(weights_dir / name))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and errors[0].startswith("error: extractor.weights: ")
+    assert "expected SHA-256 starting 6726825d" in errors[0] and not link.exists() and not pwned(tmp_path)
 
 
 def test_a_hostile_relative_weights_path_starting_with_dashes_is_a_file_name(tmp_path):
     (tmp_path / "work dir").mkdir()
     (tmp_path / "work dir" / "--version").write_bytes(b"weights")
-    proc, workdir = inception_link(tmp_path, "--version")
+    proc, workdir = inception_link(tmp_path, "--version", dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Path(os.readlink(workdir / "work" / "extractors" / "inception.pth")) == (workdir / "--version").resolve()
 
 
 def test_a_missing_hostile_weights_path_fails_cleanly(tmp_path):
-    proc, workdir = inception_link(tmp_path, str(tmp_path / "x'; touch PWNED; echo '$(touch PWNED)"))
-    assert proc.returncode != 0
-    assert "error: Inception weights not found at" in proc.stderr
-    assert not (workdir / "work" / "extractors" / "inception.pth").exists()
-    assert not pwned(tmp_path)
+    for dry, message in ((False, "error: extractor.weights: "), (True, "error: Inception weights not found at")):
+        proc, workdir = inception_link(tmp_path, str(tmp_path / "x'; touch PWNED; echo '$(touch PWNED)"), dry=dry)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
+        assert not (workdir / "work" / "extractors" / "inception.pth").exists()
+        assert not pwned(tmp_path)
 
 
 # The schema refuses ---------------------------------------------------------------------------------------

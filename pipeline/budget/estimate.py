@@ -326,7 +326,9 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
         for cell in cells:
             sample_key = sample_job(cell.samples_path, cell.run_id, cell.step, cell.sampler, cell.cfg,
                                     cell.num_samples)
-            chain = [latents_job(cell.run_id), *segment_jobs(cell.run_id, cell.step), sample_key]
+            # A published checkpoint (calibration) is imported, not trained: its chain is its sample set only.
+            chain = [latents_job(cell.run_id), *segment_jobs(cell.run_id, cell.step), sample_key] \
+                if registry.is_trained(cell.run_id) else [sample_key]
             needs[experiment].update(chain)
             chains[experiment].append(chain)
     if grid is not None:

@@ -12,6 +12,7 @@
 #   would only split one set of pinned packages.
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -90,6 +91,20 @@ def previous_checkpoint(wildcards):
     return [] if prev is None else [path("checkpoint", run=wildcards.run, step=prev)]
 
 
+# Calibration (published checkpoints) ----------------------------------------------------------------------
+
+
+def imported_runs(stand_in):
+    """A wildcard constraint matching exactly the imported runs whose file is a stand-in (or a published file)."""
+    runs = sorted(run for run in REG.imported if REG.is_trained(run) == stand_in)
+    return "|".join(re.escape(run) for run in runs) or "(?!)"
+
+
+def stand_in_checkpoint(wildcards):
+    """The trained milestone a stand-in exports: the step its calibration cells evaluate (its last)."""
+    return path("checkpoint", run=wildcards.run, step=REG.milestones[wildcards.run][-1])
+
+
 # Sampling and cells ---------------------------------------------------------------------------------------
 
 
@@ -127,6 +142,27 @@ def guidance_flags(cfg, cfg_channels):
     """``--cfg-scale`` and, for guided sets on some channels only, ``--legacy-cfg-channels``."""
     flags = ["--cfg-scale", f"{cfg:g}"]
     return flags + (["--legacy-cfg-channels", str(cfg_channels)] if cfg_channels is not None else [])
+
+
+def sample_checkpoint(wildcards):
+    """The checkpoint a sample set reads: the run's milestone, or an imported published file."""
+    return REG.checkpoint_path(wildcards.run, int(wildcards.step))
+
+
+def sample_latents(wildcards):
+    """The latents' index.json (it names the decoder) of a trained run; none for an imported one."""
+    return [] if wildcards.run in REG.imported else [latents_index(wildcards)]
+
+
+def sample_decoder(wildcards, input):
+    """How pipeline.sample finds the decoder: the latents' index of a trained run, or for an imported published
+    checkpoint the protocol's autoencoder spec itself (no latents of the data set needed)."""
+    if wildcards.run not in REG.imported:
+        return ["--latents-index", input.latents[0]]
+    from pipeline.data_config import autoencoder_spec
+
+    spec = autoencoder_spec(config, protocol_of(wildcards.run)["autoencoder"])
+    return ["--autoencoder", json.dumps(spec, sort_keys=True)]
 
 
 def sample_flags(wildcards):
@@ -168,7 +204,7 @@ def cells_of(experiment):
 
 
 FIGURES = ("fig1", "fig2", "fig4", "fig5", "fig6", "fig7")
-TABLES = ("table1", "table2", "table3")
+TABLES = ("table1", "table2", "table3", "calibration")
 # Experiments that run an alternative reading of an `assumed:` choice: targets of their own (CSV), never part
 # of `all` or the audit.
 ALTERNATIVES = tuple(name for name, spec in REG.experiments.items() if spec.get("alternative"))

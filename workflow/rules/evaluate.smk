@@ -18,8 +18,8 @@ EXTRACTOR_WEIGHTS = "work/extractors/digits-classifier.pt" if EXTRACTOR["kind"] 
 rule sample:
     """Sample a milestone checkpoint into an ADM npz and score it in the same process (one torch start-up)."""
     input:
-        ckpt=PATHS["checkpoint"],
-        latents=latents_index,
+        ckpt=sample_checkpoint,
+        latents=sample_latents,
         reference=metrics_reference,
         extractor=EXTRACTOR_WEIGHTS,
     output:
@@ -30,6 +30,7 @@ rule sample:
     params:
         launcher=launcher("sample", "pipeline.sample"),
         flags=sample_flags,
+        decoder=sample_decoder,
         batch=lambda wc: protocol_of(wc.run)["sample_batch"],
         micro=lambda wc: protocol_of(wc.run)["sample_micro_batch"],
         shards=lambda wc: path("sample_shards", run=wc.run, step=wc.step, tag=wc.tag),
@@ -39,7 +40,7 @@ rule sample:
         **stage_resources("sample"),
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher:q} --ckpt {input.ckpt:q} {params.flags:q}"
-        " --batch-size {params.batch:q} --micro-batch {params.micro:q} --latents-index {input.latents:q}"
+        " --batch-size {params.batch:q} --micro-batch {params.micro:q} {params.decoder:q}"
         " --out {output.samples:q} --shard-dir {params.shards:q}"
         " --metrics-out {output.metrics:q} --reference {input.reference:q} --extractor {params.kind:q}"
         " --extractor-weights {input.extractor:q} > {log:q} 2>&1"
