@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError, safe_torch_load
+from core.io import portable_path
 from core.npz import iter_npz_rows
 from core.precision import tf32_disabled
 
@@ -147,7 +148,8 @@ class InceptionExtractor(_BatchedExtractor):
         return {"pool": pool.cpu().numpy(), "logits": logits.cpu().numpy(), "spatial": spatial.cpu().numpy()}
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "weights_path": self.weights_path, "weights_sha256": self.weights_sha256,
+        return {"name": self.name, "weights_path": portable_path(self.weights_path),
+                "weights_sha256": self.weights_sha256,
                 "pool": "pool_3 (2048)", "logits": "unbiased logits (1008)",
                 "spatial": f"{INCEPTION_SPATIAL_MODULE} NHWC[..., :{INCEPTION_SPATIAL_CHANNELS}] (2023)",
                 "tf32": False}
@@ -198,7 +200,8 @@ class DigitsExtractor(_BatchedExtractor):
                 "spatial": spatial.cpu().numpy()}
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "weights_path": self.weights_path, "weights_sha256": self.weights_sha256,
+        return {"name": self.name, "weights_path": portable_path(self.weights_path),
+                "weights_sha256": self.weights_sha256,
                 "state_dict_sha256": self.info["state_dict_sha256"],
                 "classifier_test_accuracy": self.info["test_accuracy"], "config": self.info["config"],
                 "pool": f"penultimate ({self.info['config']['hidden']})", "logits": "logits (10)",

@@ -183,13 +183,24 @@ def _check_names(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"scale {config['scale']!r}: " + "; ".join(problems))
 
 
+def _apply_layer(config: dict[str, Any], layer: Mapping[str, Any], scale_values: Mapping[str, Any]) -> None:
+    """``layer`` (a --configfile / --config / extra file) over ``config``: a non-empty mapping merges key by key
+    into what the key holds so far (the scale's value if nothing set it yet), so ``datasets: {imagenet: {root:
+    X}}`` changes one root; anything else, an empty mapping included, replaces the key."""
+    for key, value in layer.items():
+        base = config.get(key, scale_values.get(key))
+        merge = isinstance(value, Mapping) and value and isinstance(base, Mapping)
+        config[key] = deep_merge(base, value) if merge else copy.deepcopy(value)
+
+
 def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
                extra_files: Sequence[str | Path] = ()) -> dict[str, Any]:
     """The merged, schema-checked config of scale ``name``.
 
-    config/defaults.yaml, then ``extra_files`` (YAML) and ``overrides`` in that order, each top-level key
-    replacing the one before (``overrides`` is what Snakemake's ``--config``/``--configfile`` left in its
-    ``config``); then every key of config/scales/<name>.yaml not set so far. ``protocol_defaults`` and
+    config/defaults.yaml, then ``extra_files`` (YAML) and ``overrides`` in that order, each merged over the
+    scale's values (:func:`_apply_layer`: mappings key by key, anything else replaced; ``overrides`` is what
+    Snakemake's ``--config``/``--configfile`` left in its ``config``); then every key of
+    config/scales/<name>.yaml not set so far. ``protocol_defaults`` and
     ``protocols`` are value layers over config/protocols.yaml: the result's ``protocols`` are complete and
     its ``protocol_defaults`` is gone. Loading a loaded config again (as overrides) changes nothing.
     """
@@ -205,8 +216,8 @@ def load_scale(name: str, overrides: Mapping[str, Any] | None = None,
     config: dict[str, Any] = dict(read_yaml(DEFAULTS_FILE))
     config["scale"] = name
     for extra in extra_files:
-        config.update(read_yaml(extra))
-    config.update(copy.deepcopy(dict(overrides or {})))
+        _apply_layer(config, read_yaml(extra) or {}, scale_values)
+    _apply_layer(config, overrides or {}, scale_values)
     if isinstance(config.get("fig3"), Mapping):
         config["fig3"] = cli_numbers(config["fig3"])
     for key, value in list(config.items()):   # `--config std_grid=[0.3,1.0]` reaches here as ['0.3', '1.0']

@@ -33,6 +33,8 @@ from core.io import DataSourceError
 from core.npz import validate_adm_npz
 from pipeline.datasets import DIGITS_IMAGE_SIZE, list_class_folders
 from pipeline.known_files import (
+    DIGITS,
+    DIGITS_WEIGHTS,
     INCEPTION,
     KNOWN_FILES,
     OFFICIAL_CHECKPOINT_PRESETS,
@@ -243,7 +245,21 @@ def _check_extractor(config: Mapping[str, Any], required: bool) -> list[str]:
     kind = extractor.get("kind")
     if kind == "inception":
         return _check_inception_weights(extractor.get("weights"))
-    return [] if kind == "digits" else [f"extractor.kind: unknown kind {kind!r} (digits or inception)"]
+    return _check_digits_weights() if kind == "digits" else [
+        f"extractor.kind: unknown kind {kind!r} (digits or inception)"]
+
+
+def _check_digits_weights() -> list[str]:
+    """The shipped digits CNN (``eval/weights/digits-classifier.pt``) has its recorded SHA-256: every machine
+    scores mini/smoke with the same weights."""
+    entry, path = KNOWN_FILES[DIGITS], Path(__file__).resolve().parents[1] / DIGITS_WEIGHTS
+    if not path.is_file():
+        return [f"extractor: {DIGITS_WEIGHTS} (the shipped digits feature CNN) is missing from this checkout"]
+    digest = file_sha256(path)
+    if not sha256_matches(entry, digest):
+        return [f"extractor: {DIGITS_WEIGHTS} has SHA-256 {digest}, not the shipped {entry.sha256} "
+                f"(eval/weights/README.md: restore it with git, or retrain and record the new hash)"]
+    return []
 
 
 def _check_official_checkpoints(config: Mapping[str, Any]) -> list[str]:

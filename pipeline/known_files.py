@@ -40,6 +40,10 @@ _ADM_SOURCE = "openai/guided-diffusion evaluations/README.md"
 _DIT_SOURCE = "facebookresearch/DiT download.py and README.md"
 
 INCEPTION = "inception-v3-compat"
+DIGITS = "digits-classifier"
+# The mini/smoke feature extractor, shipped (trained once; the same file on every machine): its path in the
+# repository and how it was made (eval/weights/README.md).
+DIGITS_WEIGHTS = "eval/weights/digits-classifier.pt"
 OFFICIAL_CHECKPOINT_PRESETS = tuple(PRESETS)  # pipeline.presets: the published checkpoints the harness imports
 
 _ENTRIES = (
@@ -49,6 +53,9 @@ _ENTRIES = (
               "weights-inception-2015-12-05-6726825d.pth",
               "torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3 (torch-fidelity 0.4.0)",
               sha256_prefix="6726825d"),
+    KnownFile(DIGITS, "digits-classifier.pt", "the digits feature CNN of mini/smoke (eval.digits_classifier, seed 0)",
+              None, "shipped in the repository: eval/weights/README.md says how it was trained",
+              sha256="ce1a887a49fd5bf43cb6083e99a6f1df25a210770c123d978ccee2cf3f1969a5"),
     KnownFile("imagenet-128", "VIRTUAL_imagenet128_labeled.npz", "ADM reference batch, ImageNet 128x128",
               f"{_ADM_REFS}/128/VIRTUAL_imagenet128_labeled.npz", _ADM_SOURCE),
     KnownFile("imagenet-256", "VIRTUAL_imagenet256_labeled.npz", "ADM reference batch, ImageNet 256x256",

@@ -34,6 +34,9 @@ def _fake_weights(tmp_path: Path) -> tuple[Path, str]:
 def test_table_entries():
     assert set(known_files.OFFICIAL_CHECKPOINT_PRESETS) <= set(KNOWN_FILES)
     for entry in KNOWN_FILES.values():
+        if entry.key == known_files.DIGITS:  # shipped in the repository: its own full digest, nothing to fetch
+            assert entry.url is None and len(entry.sha256) == 64
+            continue
         assert entry.url and entry.url.startswith("https://") and entry.url.split("?")[0].endswith(entry.filename)
         assert entry.sha256 is None  # no publisher gives a full digest
     assert INCEPTION_URL.endswith("/v0.2.0/weights-inception-2015-12-05-6726825d.pth")
@@ -140,3 +143,23 @@ def test_paper_scale_names_torch_fidelity_file():
     assert Path(paper["extractor"]["weights"]).name == KNOWN_FILES[INCEPTION].filename
     for name, path in paper["references"].items():
         assert known_file(path) is KNOWN_FILES[name]
+
+
+def test_the_shipped_digits_extractor_is_checked_and_loads_with_its_recorded_accuracy(monkeypatch):
+    """Issue 19 item 4: mini/smoke score with eval/weights/digits-classifier.pt, the same bytes on every machine."""
+    import json
+
+    from eval.digits_classifier import load_digits_classifier
+    from pipeline.known_files import DIGITS, DIGITS_WEIGHTS, file_sha256
+
+    root = Path(__file__).resolve().parents[1]
+    assert file_sha256(root / DIGITS_WEIGHTS) == KNOWN_FILES[DIGITS].sha256
+    _, info = load_digits_classifier(root / DIGITS_WEIGHTS)
+    report = json.loads((root / "eval" / "weights" / "digits-classifier.json").read_text())
+    assert info["state_dict_sha256"] == report["state_dict_sha256"] and info["test_accuracy"] == report["test_accuracy"]
+    assert info["state_dict_sha256"] in (root / "eval" / "weights" / "README.md").read_text()
+    config = {"extractor": {"kind": "digits"}}
+    assert check_data_sources(config, needs={"extractor"}) == []
+    monkeypatch.setitem(KNOWN_FILES, DIGITS, dataclasses.replace(KNOWN_FILES[DIGITS], sha256="0" * 64))
+    errors = check_data_sources(config, needs={"extractor"})
+    assert len(errors) == 1 and errors[0].startswith(f"extractor: {DIGITS_WEIGHTS} has SHA-256 ce1a887a")

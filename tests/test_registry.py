@@ -164,11 +164,19 @@ def test_scale_files_hold_values_only():
             assert not {"dataset", "autoencoder", "reference", "network"} & set(layer), name
 
 
-def test_overrides_replace_top_level_keys_like_the_command_line():
+def test_overrides_merge_mappings_and_replace_everything_else():
+    """Issue 19 item 3: `--config std_grid=[1.0]` replaces a list; a nested `--configfile` merges key by key
+    (`datasets: {imagenet: {root: X}}` sets one root, `protocols: {section4: {steps: 10}}` one count) instead of
+    replacing the whole block; an empty mapping clears a key."""
     assert load_scale("mini", overrides={"std_grid": [1.0]})["std_grid"] == [1.0]
-    # `--configfile config/scales/paper.yaml` (scale stays mini) gives the paper's protocols, as before.
-    paper_file = read_yaml(config_files.SCALES_DIR / "paper.yaml")
-    assert load_scale("mini", overrides=paper_file)["protocols"] == load_scale("paper")["protocols"]
+    paper = load_scale("paper", overrides={"datasets": {"imagenet": {"root": "/data/imagenet/train"}}})
+    assert paper["datasets"]["imagenet"] == {"kind": "imagefolder", "root": "/data/imagenet/train", "num_classes": 1000}
+    mini = load_scale("mini", overrides={"protocols": {"section4": {"steps": 10}}})
+    assert mini["protocols"]["section4"]["steps"] == 10 and mini["protocols"]["section4"]["seeds"] == [0, 1, 2]
+    assert mini["protocols"]["section3"] == load_scale("mini")["protocols"]["section3"]
+    assert load_scale("mini", overrides={"audit_alternatives": []})["audit_alternatives"] == []
+    with pytest.raises(ConfigError, match="section9"):
+        load_scale("mini", overrides={"protocols": {"section9": {"steps": 1}}})
 
 
 def test_every_experiment_uses_a_declared_protocol():
@@ -183,11 +191,11 @@ def test_config_errors_are_reported():
     with pytest.raises(ConfigError, match="does not declare"):
         load_scale("mini", overrides={"protocols": {"section9": {"steps": 1}}})
     with pytest.raises(ConfigError, match="no stand-in for the paper's network 'DiT-XL/2'"):
-        load_scale("mini", overrides={"stand_ins": {"networks": {"DiT-B/2": "DiT-T/4"}}})
+        load_scale("paper", overrides={"stand_ins": {"networks": {"DiT-B/2": "DiT-T/4"}}})
     with pytest.raises(ConfigError, match="protocols/section3/steps"):
         load_scale("mini", overrides={"protocols": {"section3": {"steps": 0}}})
     with pytest.raises(ConfigError, match="not a key of datasets"):
-        load_scale("mini", overrides={"datasets": {"other": {"kind": "digits", "num_classes": 10}}})
+        load_scale("mini", overrides={"protocols": {"section3": {"dataset": "other"}}})
 
 
 def test_stand_ins_are_read_off_the_scales():

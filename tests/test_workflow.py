@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.known_files import DIGITS, KNOWN_FILES
 from pipeline.verdicts import VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,20 @@ def test_paper_scale_dry_run_needs_no_data(tmp_path):
     assert counts["sample"] == 4 and counts["cell"] == 4          # each sample job also scores its npz
     assert {"latents", "reference_npz", "inception_weights"} <= set(counts)
     print(f"paper-scale dry run of results/table1.csv: {elapsed:.1f} s")
+
+
+def test_a_nested_configfile_override_merges_into_the_scale(tmp_path):
+    """Issue 19 item 3: a `--configfile` that sets one ImageNet root (and one protocol's count) keeps the rest of
+    each block: the paper-scale graph builds, with the new root in its latents command."""
+    override = tmp_path / "site.yaml"
+    override.write_text("datasets: {imagenet: {root: /data/imagenet/train}}\n"
+                        "protocols: {section4: {segment_every: 100000}}\n")
+    proc = snakemake(tmp_path, "-n", "-p", "results/table1.csv", "--config", "scale=paper", "--configfile",
+                     str(override))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--root /data/imagenet/train" in proc.stdout
+    # FasterDiT 0 -> 2000k in 100k segments (20), plus Fig. 7's 150k milestone of the same run
+    assert job_counts(proc.stdout)["train_segment"] == 21
 
 
 def test_paper_scale_guidance_and_grid_follow_the_reference(tmp_path):
@@ -100,6 +115,9 @@ def test_smoke_dag_builds_every_figure_table_and_the_audit(smoke_run):
     assert all(float(r["se"]) > 0 for r in run_rows if r["metric"] == "fid")  # every FID has its uncertainty
     cell = json.loads((smoke_run / "results" / "cells" / "table1" / "fasterdit-1000k-cfg1.5.json").read_text())
     assert cell["spec"]["cfg"] == 1.5 and cell["provenance"]["git_commit"]
+    extractor = cell["sources"][0]["settings"]["extractor"]   # the shipped digits CNN (eval/weights/README.md)
+    assert extractor["weights_path"] == "eval/weights/digits-classifier.pt"
+    assert extractor["weights_sha256"] == KNOWN_FILES[DIGITS].sha256
     # Calibration: the stand-ins went through export + import; the published values are judged at paper only.
     calibration = json.loads((smoke_run / "results" / "cells" / "calibration" / "dit-xl-2-256-cfg1.5.json").read_text())
     source = calibration["sources"][0]["checkpoint_source"]

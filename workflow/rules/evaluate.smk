@@ -9,10 +9,11 @@
 # its file name.
 
 from pipeline.cells import cells_to_json
+from pipeline.known_files import DIGITS_WEIGHTS
 
 EXTRACTOR = config["extractor"]
-EXTRACTOR_WEIGHTS = "work/extractors/digits-classifier.pt" if EXTRACTOR["kind"] == "digits" \
-    else "work/extractors/inception.pth"
+# The digits CNN is shipped (eval/weights/README.md: the same weights on every machine); Inception is linked.
+EXTRACTOR_WEIGHTS = str(BASE / DIGITS_WEIGHTS) if EXTRACTOR["kind"] == "digits" else "work/extractors/inception.pth"
 
 
 rule sample:
@@ -60,19 +61,6 @@ rule cell:
     shell:
         "python -m pipeline.cells --specs {params.specs:q} --metrics {input:q} --scale {params.scale:q}"
         " --out {output:q} > {log:q} 2>&1"
-
-
-rule digits_extractor:
-    input:
-        train="work/data/digits-train.npz",
-        test="work/reference/digits-8.npz",
-    output:
-        "work/extractors/digits-classifier.pt",
-    log:
-        "work/logs/extractors/digits-classifier.log",
-    shell:
-        "OMP_NUM_THREADS={threads} python -m eval.digits_classifier --train {input.train:q} --test {input.test:q}"
-        " --out {output:q} --report work/extractors/digits-classifier.json > {log:q} 2>&1"
 
 
 rule inception_weights:
