@@ -13,6 +13,7 @@ PATHS: dict[str, str] = {
     "imported_checkpoint": "work/imported/{run}/step{step}.pt",
     "rolling_dir": "work/runs/{run}/rolling",
     "train_log_dir": "work/runs/{run}/log",
+    "tensorboard_dir": "work/runs/{run}/log/tensorboard",
     "train_log": "work/logs/train/{run}/step{step}.log",
     "samples": "work/samples/{run}/step{step}/{tag}.npz",
     "sample_shards": "work/samples/{run}/step{step}/{tag}.shards",
@@ -20,6 +21,7 @@ PATHS: dict[str, str] = {
     "sample_log": "work/logs/sample/{run}/step{step}/{tag}.log",
     "cell": "results/cells/{experiment}/{cell}.json",
     "table": "results/{experiment}.csv",
+    "paper_table": "results/{experiment}.{ext}",          # md / tex: the paper's row/column shape
     "figure": "paper_figures/{experiment}.{ext}",
 }
 

@@ -7,10 +7,13 @@ the reproduced mean over seeds, its 95 % interval (``ci_low``/``ci_high``) and s
 difference, the scale and the seeds. Rows the paper quotes from other papers (Table 1) are included with
 ``status = cited`` and never run.
 
+A table with a ``layout`` also comes in the paper's own shape (:mod:`pipeline.paper_tables`): Markdown and
+LaTeX, their first line the CSV's provenance.
+
 CLI (one rule per figure/table calls it)::
 
     python -m pipeline.report EXPERIMENT --cells C1.json C2.json ... --csv results/EXP.csv \
-        --figure paper_figures/EXP.pdf
+        [--figure paper_figures/EXP.pdf] [--markdown results/EXP.md --latex results/EXP.tex]
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import run_cli
-from core.io import atomic_write, atomic_write_csv, provenance
+from core.errors import InputError, run_cli
+from core.io import atomic_write, atomic_write_csv, atomic_write_text, provenance
 from pipeline.registry import load_experiments
 
 COLUMNS = [
@@ -80,18 +83,40 @@ def cited_rows(experiment: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, experiment: str, cell_files: Sequence[str]) -> None:
-    """The experiment's CSV; its first line records provenance (``# provenance: {json}``)."""
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, experiment: str, cell_files: Sequence[str]) -> dict:
+    """The experiment's CSV; its first line records provenance (``# provenance: {json}``), returned."""
     prov = provenance(config={"experiment": experiment, "cells": list(cell_files)}, seed=None)
     atomic_write_csv(path, [{k: row.get(k, "") for k in COLUMNS} for row in rows], COLUMNS, prov)
+    return prov
 
 
-def build(experiment: str, cell_files: Sequence[str], csv_path: str, figure_path: str | None) -> list[dict]:
-    """Write the experiment's CSV and (if asked) its figure; return the rows."""
+def write_paper_shaped(csv_path: str | Path, spec: dict[str, Any], prov: dict, markdown: str | Path,
+                       latex: str | Path, html: str | Path | None = None) -> None:
+    """The table in the paper's shape (:mod:`pipeline.paper_tables`) as Markdown and LaTeX (and HTML)."""
+    import pandas as pd
+
+    from pipeline.paper_tables import shape, to_html, to_latex, to_markdown
+
+    table = pd.read_csv(csv_path, comment="#", keep_default_na=False, na_values=[""])
+    header, rows = shape(table, spec)
+    stamp = json.dumps(prov, sort_keys=True)
+    atomic_write_text(markdown, f"<!-- provenance: {stamp} -->\n" + to_markdown(spec["title"], header, rows))
+    atomic_write_text(latex, f"% provenance: {stamp}\n" + to_latex(spec["title"], header, rows))
+    if html:
+        atomic_write_text(html, f"<!-- provenance: {stamp} -->\n" + to_html(spec["title"], header, rows))
+
+
+def build(experiment: str, cell_files: Sequence[str], csv_path: str, figure_path: str | None,
+          markdown: str | None = None, latex: str | None = None, html: str | None = None) -> list[dict]:
+    """Write the experiment's CSV, its paper-shaped tables and its figure (those asked for); return the rows."""
     records = [json.loads(Path(f).read_text()) for f in cell_files]
     spec = load_experiments()["experiments"][experiment]
     rows = [row for record in records for row in cell_rows(record)] + cited_rows(experiment, spec)
-    write_csv(rows, csv_path, experiment, cell_files)
+    prov = write_csv(rows, csv_path, experiment, cell_files)
+    if markdown or latex:
+        if "layout" not in spec or not (markdown and latex):
+            raise InputError(f"{experiment}: --markdown and --latex go together, for an experiment with a `layout`")
+        write_paper_shaped(csv_path, spec, prov, markdown, latex, html)
     if figure_path:
         from pipeline.figures.experiments import render
 
@@ -117,8 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", required=True)
     parser.add_argument("--csv", required=True)
     parser.add_argument("--figure")
+    parser.add_argument("--markdown", help="the paper-shaped table as Markdown (experiments with a layout)")
+    parser.add_argument("--latex", help="the same as a LaTeX tabular")
+    parser.add_argument("--html", help="the same as an HTML page (the Snakemake report shows it)")
     args = parser.parse_args(argv)
-    rows = build(args.experiment, args.cells, args.csv, args.figure)
+    rows = build(args.experiment, args.cells, args.csv, args.figure, args.markdown, args.latex, args.html)
     print(f"{args.experiment}: {len(rows)} rows -> {args.csv}" + (f", {args.figure}" if args.figure else ""))
     return 0
 

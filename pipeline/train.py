@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -57,10 +58,14 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.runconfig import RunConfig
 from pipeline.train_data import Batch, DataOrder, batch_source, draw_step, open_latents, rank_slice, scaled_inputs
 from pipeline.train_log import (
+    FLOP_CONVENTION,
     LOG_NAME,
     PLOT_NAME,
+    TensorBoardLog,
+    TrainingCost,
     append_record,
     plot_loss_curve,
+    progress_line,
     read_log,
     truncate_log,
     window_record,
@@ -101,6 +106,7 @@ class TrainOptions:
     num_workers: int = DEFAULT_NUM_WORKERS
     progress: bool | None = None
     loss_plot: bool = True
+    tensorboard: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainOptions:
@@ -110,7 +116,7 @@ class TrainOptions:
             time_budget_minutes=args.time_budget_minutes, budget_margin_minutes=args.budget_margin_minutes,
             log_every=args.log_every, check_every=args.check_every, device=args.device, compile=args.compile,
             in_memory={"auto": None, "yes": True, "no": False}[args.in_memory], num_workers=args.num_workers,
-            progress=args.progress, loss_plot=args.loss_plot,
+            progress=args.progress, loss_plot=args.loss_plot, tensorboard=args.tensorboard,
         )
 
 
@@ -207,6 +213,13 @@ class _Segment:
         show_bar = ctx.is_main and (sys.stderr.isatty() if options.progress is None else options.progress)
         self.bar = tqdm(total=stop - start, initial=self.step - start, desc=f"train {start}→{stop}", unit="it",
                         disable=not show_bar, dynamic_ncols=True, file=sys.stderr)
+        self.lines = ctx.is_main and not show_bar  # job logs (no terminal): a plain line per log window
+        self.cost = TrainingCost.of(run.network, run.precision, run.tf32, device)
+        if ctx.is_main:
+            print(f"train: {self.cost.flops_per_image / 1e9:.4g} GFLOP per training image ({FLOP_CONVENTION})",
+                  file=sys.stderr)
+        self.tensorboard = TensorBoardLog(options.tensorboard, self.resumed_step) \
+            if ctx.is_main and options.tensorboard is not None else None
         self.sums: dict[str, torch.Tensor] = {}
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         self.segment_began = self.last_save = self.window_began = time.monotonic()
@@ -222,6 +235,7 @@ class _Segment:
             forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
                                               broadcast_buffers=False)
         if compile:
+            require_compiler(device)
             forward = torch.compile(forward)
         return forward
 
@@ -236,6 +250,8 @@ class _Segment:
         finally:
             batches.close()
             self.bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return self._finish()
 
     def _train_one(self, batch: Batch) -> None:
@@ -290,10 +306,14 @@ class _Segment:
         self.last_record = record = window_record(
             self.sums, self.window_steps, self.window_began, self.step, global_batch=self.run_cfg.global_batch,
             num_items=self.data.num_items, lr=self.opt.param_groups[0]["lr"], device=self.ctx.device,
-            world_size=self.ctx.world_size, segment_began=self.segment_began)
+            world_size=self.ctx.world_size, segment_began=self.segment_began, cost=self.cost)
         if self.ctx.is_main:
             append_record(self.log_path, record)
             self.bar.set_postfix(loss=f"{record['loss']:.4g}")
+            if self.lines:
+                print(progress_line(record, self.start, self.stop, self.resumed_step), file=sys.stderr, flush=True)
+            if self.tensorboard is not None:
+                self.tensorboard.write(record)
         self.sums, self.window_steps, self.window_began = {}, 0, time.monotonic()
 
     def _save(self, path: Path) -> None:
@@ -332,6 +352,22 @@ class _Segment:
             print(f"train: {status}: steps {self.resumed_step}→{step} of {self.start}→{self.stop} in {seconds:.1f}s "
                   f"({rate:.2f} it/s, world {ctx.world_size}), loss {loss}, wrote {where}", file=sys.stderr)
         return summary
+
+
+def require_compiler(device: torch.device) -> None:
+    """``torch.compile``'s default backend (inductor) needs a C++ compiler for CPU code and Triton for CUDA code:
+    a missing one is one :class:`InputError` line up front, not a traceback at the first step."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise InputError("--compile (compile: true) on CUDA needs Triton (pip install triton), or set "
+                             "compile: false") from None
+        return
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None and shutil.which("c++") is None:
+        raise InputError(f"--compile (compile: true) on the CPU needs a C++ compiler ({compiler} or c++ on PATH) "
+                         "for torch.compile's inductor backend, or set compile: false")
 
 
 def _non_finite_message(bad_step: int, run: RunConfig, last_good: Path | None) -> str:
@@ -392,6 +428,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-memory", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--tensorboard", type=Path, default=None,
+                        help="also write TensorBoard event files of the log records to this folder")
     parser.add_argument("--loss-plot", action=argparse.BooleanOptionalAction, default=True,
                         help="redraw log-dir/loss.png at the end of the segment (about a second: matplotlib)")
     return parser

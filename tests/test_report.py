@@ -119,3 +119,32 @@ def test_audit_verdicts(tmp_path, registry):
     assert rows["seven-x-faster"]["verdict"] == "not applicable at this scale"
     assert "dB" in rows["best-std-in-band"]["evidence"]
     assert {r["verdict"] for r in every} <= set(VERDICTS)
+
+
+@pytest.mark.parametrize("experiment", ["table1", "table2", "table3", "calibration"])
+def test_tables_come_in_the_papers_shape(tmp_path, registry, experiment):
+    """Issue 19 item 5: each table as Markdown and LaTeX in the paper's rows and columns, the paper's value beside
+    the reproduced mean ± the half-width of its 95 % interval; every layout cell is a cell of the experiment."""
+    spec = load_experiments()["experiments"][experiment]
+    layout = spec["layout"]
+    ids = set(registry.cell_groups(experiment))
+    assert {c for row in layout["rows"] for c in row.get("cells", [row.get("cell")])} == ids
+    files = make_cells(tmp_path, registry, experiment)
+    md, tex = tmp_path / f"{experiment}.md", tmp_path / f"{experiment}.tex"
+    html = tmp_path / f"{experiment}.html"
+    build(experiment, files, str(tmp_path / f"{experiment}.csv"), None, str(md), str(tex), str(html))
+    assert html.read_text().count("<tr>") == len(layout["rows"]) + len(spec.get("cited", [])) + 1
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith("<!-- provenance: ") and tex.read_text().startswith("% provenance: ")
+    body = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert len(body) == 1 + len(layout["rows"]) + len(spec.get("cited", []))
+    columns = len(layout.get("metrics", layout.get("columns", [])))
+    assert all(line.count(" | ") == 2 * columns for line in body)        # label + a (paper, here) pair each
+    table = list(csv.DictReader((tmp_path / f"{experiment}.csv").read_text().splitlines()[1:]))
+    first = next(r for r in table if r["cell"] == (layout["rows"][0].get("cell") or layout["rows"][0]["cells"][0])
+                 and r["metric"] == layout.get("metric", "fid"))
+    half = float(first["ci_high"]) - float(first["reproduced"])
+    assert f"{float(first['reproduced']):.2f} ± {half:.2f}" in body[1 + len(spec.get("cited", []))]
+    assert r"\begin{tabular}" in tex.read_text() and r"$\pm$" in tex.read_text()
+    with pytest.raises(Exception, match="--markdown and --latex go together"):
+        build(experiment, files, str(tmp_path / "x.csv"), None, str(md), None)

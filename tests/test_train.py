@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import InputError
 from core.io import REPO_ROOT
 from models.losses import draw_training_randomness
 from pipeline.checkpoints import load_checkpoint, load_network
@@ -371,3 +372,81 @@ def test_resume_refuses_a_re_encoded_latent_folder(run: dict, reference: Path, t
     save_checkpoint(other, ckpt)
     with pytest.raises(ValueError, match="latents with settings 000000000000"):
         fit(run, STOP, STOP + 1, tmp_path, init=other)
+
+
+def test_job_logs_get_progress_lines_and_tensorboard_the_same_numbers(run: dict, tmp_path: Path, capsys) -> None:
+    """Issue 19 item 6: without a terminal, a plain line per log window (step, loss terms, it/s, ETA, memory);
+    with --tensorboard, event files holding train.jsonl's numbers; a resumed segment purges later events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.train_log import read_log
+
+    fit(run, 0, 10, tmp_path, progress=False, tensorboard=tmp_path / "tb")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: step ")]
+    assert [line.split()[2] for line in lines] == ["5/10", "10/10"]
+    assert all("loss " in line and " it/s" in line and "ETA " in line and "peak memory" in line for line in lines)
+    records = read_log(tmp_path / "logs" / "train.jsonl")
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [e.step for e in scalars] == [r["step"] for r in records] == [5, 10]
+    assert [e.value for e in scalars] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+    assert {"train/mse", "train/direction", "train/it_s", "train/lr"} <= set(events.Tags()["scalars"])
+    # Throughput (issue 20 item 3): model FLOPs per image from the FLOP counter; no MFU without a known peak (CPU).
+    from pipeline.budget.flops import train_flops_per_image
+
+    flops = train_flops_per_image({k: v for k, v in run["network"].items()})
+    assert records[-1]["train_tflop_per_image"] == pytest.approx(flops / 1e12)
+    assert records[-1]["images_s_per_device"] == records[-1]["images_s"] and "mfu" not in records[-1]
+
+
+def test_mfu_is_model_flops_over_the_devices_peak() -> None:
+    from pipeline.train_log import TrainingCost, progress_line
+
+    cost = TrainingCost(flops_per_image=3e9, precision_key="bf16", peak_flops=312e12, device_row="A100-SXM4-80GB")
+    fields = cost.fields(images_s=8 * 1000.0, world_size=8)
+    assert fields["images_s_per_device"] == 1000.0 and fields["mfu"] == pytest.approx(1000 * 3e9 / 312e12)
+    record = {"step": 50, "loss": 0.5, "it_s": 31.25, "images_s": 8000.0, "max_mem_mb": 1024, "world_size": 8,
+              **fields}
+    line = progress_line(record, 0, 100, 0)
+    assert "(1000 per device)" in line and "MFU 1.0% of A100-SXM4-80GB bf16" in line and "ETA 0m02s" in line
+
+
+def test_a_resumed_segment_purges_the_tensorboard_events_after_its_step(tmp_path: Path) -> None:
+    """As truncate_log does for train.jsonl: after a resume from step 5, step 10 holds the new segment's value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.train_log import TensorBoardLog
+
+    first = TensorBoardLog(tmp_path, resumed_step=0)
+    first.write({"step": 5, "loss": 1.0})
+    first.write({"step": 10, "loss": 2.0})   # a step the killed segment logged past its last checkpoint
+    first.close()
+    again = TensorBoardLog(tmp_path, resumed_step=5)
+    again.write({"step": 10, "loss": 3.0})
+    again.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(5, 1.0), (10, 3.0)]
+
+
+def test_compiled_training_agrees_with_eager_and_resumes_exactly(run: dict, tmp_path: Path) -> None:
+    """Issue 20 item 2: `compile: true` (torch.compile, inductor on the CPU) trains what eager trains, to float
+    rounding (max |Δ| ≤ 1e-4 on every weight and optimizer state after 6 steps), and a compiled run split into two
+    segments is bit-identical to one compiled segment."""
+    _, eager = fit(run, 0, 6, tmp_path / "eager")
+    _, whole = fit(run, 0, 6, tmp_path / "whole", compile=True)
+    _, half = fit(run, 0, 3, tmp_path / "split", compile=True)
+    _, split = fit(run, 3, 6, tmp_path / "split", init=half, compile=True)
+    assert_same_state(whole, split)
+    assert_same_state(eager, whole, atol=1e-4)
+
+
+def test_compile_without_a_compiler_is_one_clear_error(monkeypatch) -> None:
+    import shutil
+
+    from pipeline.train import require_compiler
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(InputError, match="needs a C.. compiler .* or set compile: false"):
+        require_compiler(torch.device("cpu"))

@@ -100,6 +100,9 @@ def test_smoke_dag_builds_every_figure_table_and_the_audit(smoke_run):
         assert (smoke_run / "results" / f"{name}.csv").stat().st_size > 0, name
     for name in ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7"):
         assert (smoke_run / "paper_figures" / f"{name}.png").stat().st_size > 0, name
+    for name in ("table1", "table2", "table3", "calibration"):       # the paper's shape, Markdown and LaTeX
+        assert (smoke_run / "results" / f"{name}.md").read_text().count("\n| ") >= 3, name
+        assert "\\begin{tabular}" in (smoke_run / "results" / f"{name}.tex").read_text(), name
     lines = (smoke_run / "results" / "table1.csv").read_text().splitlines()
     assert lines[0].startswith("# provenance: ")
     rows = list(csv.DictReader(lines[1:]))

@@ -76,16 +76,25 @@ def render_fig1(spec: dict, records: Sequence[dict]) -> Any:
     _fid_axes(left, "(left) same strategy, different data std")
     left.legend(fontsize=8)
     rows = [r for r in records if r["spec"]["block"] == "right"]
-    table = [[r["cell"], f"{r['spec']['milestone'] // 1000}k", f"{r['paper'].get('fid', '')}",
-              _fmt_value(r)] for r in rows]
+    table = [[r["cell"], f"{r['spec']['milestone'] // 1000}k", f"{r['paper'].get('fid', '')}", *_fmt_interval(r)]
+             for r in rows]
     right.axis("off")
     right.set_title("(right) FID-50k, DiT-XL/2 recipe")
     if table:
-        t = right.table(cellText=table, colLabels=["cell", "steps", "paper", "reproduced"], loc="center")
+        # One column per number, each wide enough for its text (nothing spills over a neighbour).
+        t = right.table(cellText=table, colLabels=["cell", "steps", "paper", "reproduced", "95 % interval"],
+                        colWidths=[0.3, 0.12, 0.12, 0.18, 0.32], cellLoc="center", loc="center")
         t.auto_set_font_size(False)
-        t.set_fontsize(8)
+        t.set_fontsize(7.5)
+        t.scale(1.0, 1.3)
     _layout_with_scale_note(fig, records)
     return fig
+
+
+def _fmt_interval(record: dict, metric: str = "fid") -> tuple[str, str]:
+    """(mean, "[low, high]") of a cell's metric ("" for the interval of a cell without uncertainty)."""
+    mean, low, high = _value(record, metric)
+    return f"{mean:.2f}", "" if low is None else f"[{low:.2f}, {high:.2f}]"
 
 
 def _fmt_value(record: dict, metric: str = "fid") -> str:
@@ -157,15 +166,22 @@ def render_fig7(spec: dict, records: Sequence[dict]) -> Any:
         group = sorted(by_row.get(key, []), key=lambda r: r["spec"]["milestone"])
         if not group:
             continue
-        xs = [r["spec"]["milestone"] / 1000 for r in group]
-        ax.plot(xs, [_value(r)[0] for r in group], marker="o", label=label)
+        # Rows side by side (a few k steps apart) so that their seed intervals do not hide each other.
+        xs = [r["spec"]["milestone"] / 1000 + 4 * (row - 1) for r in group]
+        values = [_value(r) for r in group]
+        ax.plot(xs, [v[0] for v in values], marker="o", label=label)
+        if any(v[1] is not None for v in values):
+            ax.errorbar(xs, [v[0] for v in values], fmt="none", capsize=2, color=ax.lines[-1].get_color(),
+                        yerr=[[v[0] - v[1] if v[1] is not None else 0 for v in values],
+                              [v[2] - v[0] if v[2] is not None else 0 for v in values]])
         for x, r in zip(xs, group):
             if "fid" in r["paper"]:
                 ax.annotate(f"{r['paper']['fid']}", (x, _value(r)[0]), fontsize=6, color=ax.lines[-1].get_color(),
                             xytext=(6, -10 + 9 * row), textcoords="offset points")  # stacked: points may coincide
     ax.set_xlabel("training iterations (paper's k steps; scaled at small scales)")
     ax.set_ylabel("FID (reproduced)")
-    ax.set_title("(b) ablations for FasterDiT training (labels: paper's FID-50k)")
+    ax.set_title("(b) ablations for FasterDiT training (labels: paper's FID-50k)\nbars: 95 % interval over seeds "
+                 "and samples", fontsize=10)
     ax.margins(x=0.1, y=0.12)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -172,8 +172,9 @@ def render_view(
         for role in ROLE_ORDER:
             rows = table[(table.view == view["name"]) & (table.schedule == schedule) & (table.role == role)]
             std = float(rows["std"].iloc[0])
-            ax.plot(rows.lgSNR_dB, rows.density_eq7, color=ROLE_COLOURS[role], lw=1.6,
-                    label=_legend_label(role, std, best[schedule]))
+            # The best std on top, thicker: near another std (DDPM-linear's 2.5 and 3.3) it stays visible.
+            ax.plot(rows.lgSNR_dB, rows.density_eq7, color=ROLE_COLOURS[role], lw=2.2 if role == "best" else 1.4,
+                    zorder=3 if role == "best" else 2, label=_legend_label(role, std, best[schedule]))
             if compare:
                 ref = table[(table.view == compare) & (table.schedule == schedule) & (table.role == role)]
                 ax.plot(ref.lgSNR_dB, ref.density_eq7, color=ROLE_COLOURS[role], lw=1.0, ls="--", alpha=0.7)

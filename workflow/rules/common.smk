@@ -210,12 +210,28 @@ TABLES = ("table1", "table2", "table3", "calibration")
 ALTERNATIVES = tuple(name for name, spec in REG.experiments.items() if spec.get("alternative"))
 
 
+CAPTION = "../report/experiment.rst"   # the registry's title of the experiment (params.title), per item
+
+
 def report_outputs(name):
-    outputs = {"csv": report(path("table", experiment=name), category=name)}
+    outputs = {"csv": report(path("table", experiment=name), category=name, caption=CAPTION)}
+    if "layout" in REG.experiments[name]:
+        outputs["md"] = path("paper_table", experiment=name, ext="md")
+        outputs["tex"] = path("paper_table", experiment=name, ext="tex")
+        outputs["html"] = report(path("paper_table", experiment=name, ext="html"), category=name, caption=CAPTION)
     if name in FIGURES:
-        outputs["pdf"] = path("figure", experiment=name, ext="pdf")
-        outputs["png"] = report(path("figure", experiment=name, ext="png"), category=name)
+        outputs["pdf"] = report(path("figure", experiment=name, ext="pdf"), category=name, caption=CAPTION)
+        outputs["png"] = report(path("figure", experiment=name, ext="png"), category=name, caption=CAPTION)
     return outputs
+
+
+def paper_table_flags(name):
+    """pipeline.report's --markdown/--latex for an experiment with a `layout` (none otherwise)."""
+    if "layout" not in REG.experiments[name]:
+        return []
+    return ["--markdown", path("paper_table", experiment=name, ext="md"),
+            "--latex", path("paper_table", experiment=name, ext="tex"),
+            "--html", path("paper_table", experiment=name, ext="html")]
 
 
 def fig3_best_std_results(wildcards):

@@ -14,14 +14,18 @@ for _name in FIGURES + TABLES + ALTERNATIVES:
         params:
             experiment=_name,
             figure=["--figure", path("figure", experiment=_name, ext="pdf")] if _name in FIGURES else [],
+            tables=paper_table_flags(_name),
+            title=REG.experiments[_name]["title"],
         localrule: True
         shell:
             "python -m pipeline.report {params.experiment:q} --cells {input:q} --csv {output.csv:q}"
-            " {params.figure:q} > {log:q} 2>&1"
+            " {params.figure:q} {params.tables:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS.extend(
     [path("table", experiment=name) for name in FIGURES + TABLES]
+    + [path("paper_table", experiment=name, ext=ext) for name in TABLES for ext in ("md", "tex", "html")
+       if "layout" in REG.experiments[name]]
     + [path("figure", experiment=name, ext=ext) for name in FIGURES for ext in ("pdf", "png")]
 )
 

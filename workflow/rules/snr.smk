@@ -20,8 +20,8 @@ rule fig3:
         code=[BASE / f for f in ("models/snr.py", "models/schedules.py", "models/timesteps.py", "pipeline/figures/fig3.py")],
         best_std_results=fig3_best_std_results,
     output:
-        figures=FIG3_FIGURES,
-        csv=report("results/fig3.csv", category="fig3"),
+        figures=[report(f, category="fig3", caption="../report/fig3.rst") for f in FIG3_FIGURES],
+        csv=report("results/fig3.csv", category="fig3", caption="../report/fig3.rst"),
         summary="results/fig3_summary.json",
     params:
         config_json=json.dumps(FIG3, sort_keys=True),

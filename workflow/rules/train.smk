@@ -3,7 +3,7 @@
 #                                     written by each segment job (identical every time: the run id hashes it)
 # work/runs/<run>/ckpt/step<N>.pt     milestone checkpoints (segment k+1 starts from segment k's)
 # work/runs/<run>/rolling/            undeclared: rolling checkpoints survive failures and retries
-# work/runs/<run>/log/                train.jsonl and loss.png
+# work/runs/<run>/log/                train.jsonl and loss.png (+ tensorboard/ where the protocol asks for it)
 
 
 rule train_segment:
@@ -23,6 +23,9 @@ rule train_segment:
         start=lambda wc: REG.previous_milestone(wc.run, int(wc.step)) or 0,
         init=lambda wc, input: ["--init", input.init[0]] if input.init else [],
         plot=lambda wc: [] if protocol_of(wc.run).get("loss_plot", True) else ["--no-loss-plot"],
+        tensorboard=lambda wc: ["--tensorboard", path("tensorboard_dir", run=wc.run)]
+        if protocol_of(wc.run).get("tensorboard", False) else [],
+        compile=lambda wc: ["--compile"] if protocol_of(wc.run).get("compile", False) else [],
     threads: 1
     resources:
         **stage_resources("train"),
@@ -30,6 +33,7 @@ rule train_segment:
         "OMP_NUM_THREADS={threads} {params.launcher:q} --run-json {params.run_json:q}"
         " --save-run-config {params.run_config:q} --start {params.start:q} --stop {wildcards.step:q} {params.init:q}"
         " --out {output:q} --rolling-dir {params.rolling:q} --log-dir {params.log_dir:q} {params.plot:q}"
+        " {params.tensorboard:q} {params.compile:q}"
         # Under SLURM, stop cleanly (exit 75, rolling checkpoint) before the job's time limit; the retry resumes.
         # (resources.runtime is Snakemake's minutes, an integer; quoted all the same.)
         ' $([ -n "${{SLURM_JOB_ID:-}}" ] && echo --time-budget-minutes {resources.runtime:q})'
