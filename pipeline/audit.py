@@ -81,7 +81,8 @@ def _select(rows: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
     return rows
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """A CSV cell as a finite float (None for blank, text, NaN or ±inf)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -91,7 +92,7 @@ def _number(value: Any) -> float | None:
 
 def cell_value(row: pd.Series) -> CellValue:
     """A CSV row as a :class:`CellValue` (``se`` None when the table has none)."""
-    se = _number(row["se"]) if "se" in row.index else None
+    se = finite_number(row["se"]) if "se" in row.index else None
     return CellValue(str(row["cell"]), float(row["reproduced"]), se, int(row.get("n_seeds", 1) or 1))
 
 

@@ -14,22 +14,15 @@ Each column pair is the paper's value beside the reproduced one, ``mean ± half-
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from pipeline.audit import finite_number
+
 METRIC_NAMES = {"fid": "FID", "sfid": "sFID", "is": "IS", "precision": "Prec.", "recall": "Rec."}
 NOT_RUN = "–"
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -40,7 +33,7 @@ def reproduced_text(row: Mapping[str, Any] | None) -> str:
     """``mean ± half-width`` of a CSV row's reproduced value (``–`` for a cell that is not in the CSV)."""
     if row is None:
         return NOT_RUN
-    mean, high = _number(row.get("reproduced")), _number(row.get("ci_high"))
+    mean, high = finite_number(row.get("reproduced")), finite_number(row.get("ci_high"))
     if mean is None:
         return NOT_RUN
     return _fmt(mean) if high is None else f"{_fmt(mean)} ± {_fmt(high - mean)}"
@@ -56,28 +49,20 @@ def shape(table: pd.DataFrame, spec: Mapping[str, Any]) -> tuple[list[str], list
     layout, cells = spec["layout"], _lookup(table)
     scale = next((str(s) for s in table.get("scale", pd.Series(dtype=str)).dropna()), "")
     here = f"here ({scale})" if scale else "here"
+    def pair(cell: str, metric: str) -> list[str]:
+        found = cells.get((cell, metric))
+        return [_fmt(finite_number(found.get("paper")) if found else None), reproduced_text(found)]
+
     if "metrics" in layout:
         metrics = list(layout["metrics"])
         header = ["Method"] + [f"{METRIC_NAMES[m]} {part}" for m in metrics for part in ("paper", here)]
         rows = [[f"{entry['method']} (quoted)"] + [part for m in metrics for part in (_fmt(entry.get(m)), NOT_RUN)]
                 for entry in spec.get("cited", [])]
-        for row in layout["rows"]:
-            values = []
-            for metric in metrics:
-                found = cells.get((row["cell"], metric))
-                values += [_fmt(_number(found.get("paper")) if found else None), reproduced_text(found)]
-            rows.append([row["label"], *values])
+        rows += [[row["label"], *(v for m in metrics for v in pair(row["cell"], m))] for row in layout["rows"]]
         return header, rows
     metric = layout.get("metric", "fid")
     header = ["Method"] + [f"{column} {part}" for column in layout["columns"] for part in ("paper", here)]
-    rows = []
-    for row in layout["rows"]:
-        values = []
-        for cell in row["cells"]:
-            found = cells.get((cell, metric))
-            values += [_fmt(_number(found.get("paper")) if found else None), reproduced_text(found)]
-        rows.append([row["label"], *values])
-    return header, rows
+    return header, [[row["label"], *(v for cell in row["cells"] for v in pair(cell, metric))] for row in layout["rows"]]
 
 
 def to_markdown(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

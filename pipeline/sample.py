@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.metrics_out is not None:
             from eval.evaluate import score_npz
 
-            source = json.loads(args.out.with_suffix(".json").read_text())["checkpoint"].get("source")
+            source = summary.get("checkpoint", {}).get("source")  # the sidecar's record, as merge_shards wrote it
             score_npz(args.reference, args.out, args.metrics_out, args.extractor, args.extractor_weights,
                       device=None if args.device == "auto" else args.device, checkpoint_source=source)
     return 0
