@@ -1,5 +1,6 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make run    — build the environment (first time) and regenerate the paper at the default scale
+#                 (into results/$(SCALE)/ and paper_figures/$(SCALE)/: for mini, the committed snapshot itself)
 #   make test   — build the environment (first time), lint, and run the test suite
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -7,7 +8,7 @@ CORES ?= 2
 SCALE ?= mini
 BIN = $(VENV)/bin
 
-.PHONY: run test lint env snapshot clean-outputs
+.PHONY: run test lint env clean-outputs
 
 env: $(VENV)/.installed
 
@@ -26,11 +27,6 @@ lint: env
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
 
-# Copy the outputs of the last run into the committed snapshot the README shows (results/<scale>/,
-# paper_figures/<scale>/). DAG outputs themselves are git-ignored so a fresh checkout regenerates them.
-# Refused (one line, nothing copied) when the last run was another scale: tools/snapshot.py.
-snapshot: env
-	$(BIN)/python tools/snapshot.py $(SCALE)
-
+# The work folder of one scale (checkpoints, latents, samples); the committed results stay.
 clean-outputs:
-	rm -rf work .snakemake
+	rm -rf work/$(SCALE)

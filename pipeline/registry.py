@@ -23,7 +23,7 @@ from core.io import config_hash
 from models.families import reference_time_input
 from pipeline import config as config_files
 from pipeline.config import EXPERIMENTS_FILE
-from pipeline.paths import path
+from pipeline.paths import ScalePaths, at_scale
 from pipeline.presets import PRESETS, STAND_IN
 from pipeline.run_defaults import RUN_DEFAULTS
 
@@ -44,6 +44,7 @@ class Cell:
     cfg: float
     num_samples: int
     metrics: tuple[str, ...]
+    scale: str              # the scale whose folders hold the cell's files (pipeline.paths)
     coords: dict[str, Any] = field(default_factory=dict)   # sweep coordinates (schedule, std, ...)
     paper: dict[str, Any] = field(default_factory=dict)
     cfg_channels: int | None = None  # channels guidance acts on (None: all, or no guidance at cfg 1)
@@ -57,15 +58,15 @@ class Cell:
     @property
     def target(self) -> str:
         """The cell's JSON (all seeds of the cell in one file)."""
-        return path("cell", experiment=self.experiment, cell=self.id)
+        return ScalePaths(self.scale)("cell", experiment=self.experiment, cell=self.id)
 
     @property
     def metrics_path(self) -> str:
-        return path("metrics", run=self.run_id, step=self.step, tag=self.sample_tag)
+        return ScalePaths(self.scale)("metrics", run=self.run_id, step=self.step, tag=self.sample_tag)
 
     @property
     def samples_path(self) -> str:
-        return path("samples", run=self.run_id, step=self.step, tag=self.sample_tag)
+        return ScalePaths(self.scale)("samples", run=self.run_id, step=self.step, tag=self.sample_tag)
 
 
 @dataclass
@@ -89,9 +90,9 @@ class Registry:
 
     def checkpoint_path(self, run_id: str, step: int) -> str:
         """The checkpoint a run's sample sets read: its milestone, or for an imported run the harness checkpoint
-        made from the published file (``work/imported/<run>/step<N>.pt``)."""
+        made from the published file (``work/<scale>/imported/<run>/step<N>.pt``)."""
         kind = "imported_checkpoint" if run_id in self.imported else "checkpoint"
-        return path(kind, run=run_id, step=step)
+        return ScalePaths(self.scale)(kind, run=run_id, step=step)
 
     def previous_milestone(self, run_id: str, step: int) -> int | None:
         """The milestone a segment ending at ``step`` starts from (None for the first segment)."""
@@ -283,19 +284,26 @@ def _latent_geometry(autoencoder: Mapping[str, Any], resolution: int) -> tuple[i
     return 4, resolution // 8
 
 
-def latents_dir(protocol: Mapping[str, Any]) -> str:
-    """Where a protocol's latents live: one folder per (data set, resolution, autoencoder, flip)."""
+def scale_of(scale_cfg: Mapping[str, Any]) -> str:
+    """The name of a loaded scale config (its folders: pipeline.paths)."""
+    return str(scale_cfg.get("scale") or scale_cfg["scale_name"])
+
+
+def latents_dir(protocol: Mapping[str, Any], scale: str) -> str:
+    """Where a protocol's latents live: one folder per (data set, resolution, autoencoder, flip) in the scale's
+    work folder."""
     flip = "flip" if protocol["flip"] else "noflip"
-    return f"work/latents/{protocol['dataset']}-{protocol['resolution']}px-{protocol['autoencoder']}-{flip}"
+    return at_scale(f"work/latents/{protocol['dataset']}-{protocol['resolution']}px-{protocol['autoencoder']}-"
+                    f"{flip}", scale)
 
 
-def reference_path(protocol: Mapping[str, Any]) -> str:
+def reference_path(protocol: Mapping[str, Any], scale: str) -> str:
     """The reference npz a protocol's metrics compare against.
 
-    Always a path under work/: a rule builds it from the data set or links the ADM batch named in the
+    Always a path under work/<scale>/: a rule builds it from the data set or links the ADM batch named in the
     scale's ``references``, so a dry run never needs the real file.
     """
-    return f"work/reference/{protocol['reference']}.npz"
+    return at_scale(f"work/reference/{protocol['reference']}.npz", scale)
 
 
 def _protocol(scale_cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -329,6 +337,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
     cells: dict[str, list[Cell]] = {}
     imported: dict[str, dict[str, Any]] = {}
     official = scale_cfg.get("official_checkpoints") or {}
+    scale_name = scale_of(scale_cfg)
 
     def add_cell(exp: str, block: Mapping[str, Any], cell_id: str, recipe_name: str, overrides: Mapping,
                  milestone: Any, cfg: Any, metrics: list[str], coords: dict, paper: dict,
@@ -349,7 +358,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
         if step > int(protocol["steps"]):
             raise ValueError(f"{exp}/{cell_id}: milestone {milestone} is past protocol {pname}'s last step")
         for seed in protocol["seeds"]:
-            run = build_run(recipes[recipe_name], overrides, protocol, seed, latents_dir(protocol))
+            run = build_run(recipes[recipe_name], overrides, protocol, seed, latents_dir(protocol, scale_name))
             if checkpoint is not None:
                 run = published_run(f"{exp}/{cell_id}", checkpoint, run, protocol, official[checkpoint],
                                     scale_cfg.get("stand_ins") or {})
@@ -377,7 +386,8 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
                 experiment=exp, block=block["name"], id=cell_id, seed=int(seed), run_id=run_id, protocol=pname,
                 milestone=paper_step, step=step, sampler=sampler,
                 cfg=scale, num_samples=int(protocol["num_samples"]),
-                metrics=tuple(metrics), coords=coords, paper=paper, cfg_channels=guided_channels(scale, channels),
+                metrics=tuple(metrics), scale=scale_name, coords=coords, paper=paper,
+                cfg_channels=guided_channels(scale, channels),
                 paper_also=copy.deepcopy(list(paper_also or [])), citation=citation,
             ))
 
@@ -404,7 +414,7 @@ def expand(experiments: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> Regi
         top = max(steps)
         bounds = set(range(every, top, every)) if every > 0 else set()
         milestones[run_id] = sorted(steps | bounds)
-    return Registry(scale=str(scale_cfg.get("scale_name", "?")), runs=runs, run_protocol=run_protocol,
+    return Registry(scale=scale_name, runs=runs, run_protocol=run_protocol,
                     milestones=milestones, cells=cells, experiments=dict(experiments["experiments"]),
                     protocols=protocols, imported=imported)
 
@@ -414,7 +424,8 @@ def grid_spec(registry: Registry, experiments: Mapping[str, Any], scale_cfg: Map
     block = experiments["experiments"]["grids"]["blocks"][0]
     protocol = registry.protocols[block["protocol"]]
     seed = protocol["seeds"][0]
-    run = build_run(experiments["recipes"][block["recipe"]], {}, protocol, seed, latents_dir(protocol))
+    run = build_run(experiments["recipes"][block["recipe"]], {}, protocol, seed,
+                    latents_dir(protocol, registry.scale))
     run_id = f"{run_slug(block['protocol'], run)}-{config_hash(run)}"
     step = scaled_step(int(block["milestone"]), protocol)
     if run_id not in registry.runs:

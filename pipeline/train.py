@@ -76,6 +76,7 @@ from pipeline.train_stop import StopSignals, TimeBudget, agree_on_stop
 
 EXIT_RESUMABLE = 75
 ROLLING_NAME = "rolling.pt"
+GRID_CLASSES, GRID_PER_CLASS, GRID_STEPS = 8, 4, 25   # the periodic EMA sample grid (--grid-every)
 DEFAULT_LOG_EVERY = 50
 DEFAULT_CHECK_EVERY = 10
 DEFAULT_NUM_WORKERS = 4
@@ -107,6 +108,7 @@ class TrainOptions:
     progress: bool | None = None
     loss_plot: bool = True
     tensorboard: Path | None = None
+    grid_every: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainOptions:
@@ -117,6 +119,7 @@ class TrainOptions:
             log_every=args.log_every, check_every=args.check_every, device=args.device, compile=args.compile,
             in_memory={"auto": None, "yes": True, "no": False}[args.in_memory], num_workers=args.num_workers,
             progress=args.progress, loss_plot=args.loss_plot, tensorboard=args.tensorboard,
+            grid_every=args.grid_every,
         )
 
 
@@ -282,7 +285,8 @@ class _Segment:
         time_due = minutes is not None and now - self.last_save >= minutes * 60
         steps_due = options.rolling_every_steps is not None and step % options.rolling_every_steps == 0
         log_due = step % options.log_every == 0 or step == self.stop
-        scheduled = log_due or steps_due or step % options.check_every == 0
+        grid_due = options.grid_every is not None and step % options.grid_every == 0 and step < self.stop
+        scheduled = log_due or steps_due or grid_due or step % options.check_every == 0
         if ctx.world_size == 1:  # the ranks of a group only meet at step-determined boundaries
             scheduled = scheduled or bool(wants_stop) or time_due
         if not scheduled:
@@ -294,9 +298,11 @@ class _Segment:
             self._log_window()
         if step == self.stop:
             return True
-        if wants_stop or steps_due or time_due:
+        if wants_stop or steps_due or time_due or grid_due:
             self._save(self.rolling)
             self.last_save, self.last_good = time.monotonic(), self.rolling
+        if grid_due and not wants_stop:
+            self._sample_grid()
         if wants_stop:
             self.status = "signal" if wants_stop == 1 else "time_budget"
             return True
@@ -315,6 +321,22 @@ class _Segment:
             if self.tensorboard is not None:
                 self.tensorboard.write(record)
         self.sums, self.window_steps, self.window_began = {}, 0, time.monotonic()
+
+    def _sample_grid(self) -> None:
+        """An EMA sample grid of the rolling checkpoint just saved: ``log_dir/grids/step<N>.png`` (rank 0; the
+        other ranks wait). Its noise comes from its own seed, so training's random streams are untouched."""
+        began = time.monotonic()
+        if self.ctx.is_main:
+            from pipeline.sample_grid import sample_grid
+
+            with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
+                sample_grid(self.rolling, self.log_path.parent / "grids" / f"step{self.step:08d}.png",
+                            classes=list(range(min(GRID_CLASSES, int(self.run_cfg.network["num_classes"])))),
+                            per_class=GRID_PER_CLASS, cfg_scale=1.0, sampler="heun", steps=GRID_STEPS, seed=0,
+                            latents_index=Path(self.data.folder) / "index.json", device=str(self.ctx.device),
+                            tf32=self.run_cfg.tf32)
+        self.ctx.barrier()
+        self.budget.save_seconds = max(self.budget.save_seconds, time.monotonic() - began)
 
     def _save(self, path: Path) -> None:
         began = time.monotonic()
@@ -430,6 +452,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--tensorboard", type=Path, default=None,
                         help="also write TensorBoard event files of the log records to this folder")
+    parser.add_argument("--grid-every", type=positive_int, default=None,
+                        help=f"every N steps, an EMA sample grid in log-dir/grids/ ({GRID_CLASSES} classes x "
+                             f"{GRID_PER_CLASS}, Heun {GRID_STEPS} steps, cfg 1)")
     parser.add_argument("--loss-plot", action=argparse.BooleanOptionalAction, default=True,
                         help="redraw log-dir/loss.png at the end of the segment (about a second: matplotlib)")
     return parser

@@ -136,7 +136,7 @@ def test_protocol_overrides_are_checked():
 def test_an_alternative_runs_through_snakemake_as_the_readme_says(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", "none",
-         "--directory", str(tmp_path), "-n", "-p", "results/fig2.csv", "--cores", "2",
+         "--directory", str(tmp_path), "-n", "-p", "results/mini/fig2.csv", "--cores", "2",
          "--configfile", str(ROOT / "config" / "alternatives" / "ddpm-fixed-small.yaml")],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,7 +169,7 @@ def test_list_overrides_from_the_command_line_arrive_as_numbers(tmp_path):
     assert config["std_grid"] == [0.3, 1.0] and config["audit_alternatives"] == ["fig1_sd3"]
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", "none",
-         "--directory", str(tmp_path), "-n", "results/fig2.csv", "--cores", "1", "--config", "std_grid=[0.3,1.0]"],
+         "--directory", str(tmp_path), "-n", "results/mini/fig2.csv", "--cores", "1", "--config", "std_grid=[0.3,1.0]"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "std1-" in proc.stdout and "std2.5" not in proc.stdout

@@ -24,6 +24,7 @@ from pipeline.budget import (
     write_budget_csv,
 )
 from pipeline.budget import BudgetEstimate as Budget
+from pipeline.paths import at_scale
 from pipeline.registry import load_registry
 
 torch.set_num_threads(1)
@@ -77,11 +78,12 @@ def test_every_smoke_job_is_estimated_once_and_positive(smoke: tuple, table_budg
     assert len(train) == sum(len(steps) for steps in milestones.values())
     assert sum(j.items for j in train) == sum(max(steps) for steps in milestones.values())
     samples = {j.key: j for j in jobs if j.kind == "sample"}
-    assert set(samples) == {c.samples_path for c in registry.default_cells()} | {GRID_TARGET}
+    grid_target = at_scale(GRID_TARGET, registry.scale)
+    assert set(samples) == {c.samples_path for c in registry.default_cells()} | {grid_target}
     # A sample job samples, then scores its npz (the sample rule); the grid is not scored.
-    scored = [j for k, j in samples.items() if k != GRID_TARGET]
+    scored = [j for k, j in samples.items() if k != grid_target]
     assert all(j.sampling_seconds > 0 and j.scoring_seconds > 0 for j in scored)
-    assert samples[GRID_TARGET].scoring_seconds == 0
+    assert samples[grid_target].scoring_seconds == 0
     assert all(j.device == "cpu" and j.gpus == 0 for j in jobs)      # smoke jobs ask for no GPU
 
 

@@ -46,7 +46,7 @@ def test_at_the_paper_scale_the_networks_are_the_published_ones_and_nothing_is_t
         assert (run["schedule"], run["prediction"], run["input_scale"]) == (
             preset["schedule"], preset["prediction"], preset["input_scale"])
         assert not paper.is_trained(run_id) and paper.milestones[run_id] == [7_000_000]
-        assert paper.checkpoint_path(run_id, 7_000_000) == f"work/imported/{run_id}/step7000000.pt"
+        assert paper.checkpoint_path(run_id, 7_000_000) == f"work/paper/imported/{run_id}/step7000000.pt"
     budget = estimate_budget(paper, None, load_scale("paper"), load_throughput())
     calibration = [budget.jobs[key] for key in budget.needs["calibration"]]
     assert {job.kind for job in calibration} == {"sample"} and len(calibration) == 5
@@ -113,7 +113,7 @@ def test_the_preset_names_agree_everywhere():
 
 
 def test_the_paper_scale_calibration_graph_needs_no_data_and_trains_nothing(tmp_path):
-    proc = snakemake(tmp_path, "-n", "-p", "results/calibration.csv", "--config", "scale=paper")
+    proc = snakemake(tmp_path, "-n", "-p", "results/paper/calibration.csv", "--config", "scale=paper")
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_counts(proc.stdout)
     assert counts["official_checkpoint_link"] == 2 and counts["import_official"] == 2 and counts["sample"] == 5
@@ -126,7 +126,7 @@ def test_the_paper_scale_calibration_graph_needs_no_data_and_trains_nothing(tmp_
 def test_a_calibration_run_checks_only_what_it_reads(tmp_path):
     """The data check before any job: a missing published checkpoint is named with where to get it, and a
     calibration-only run never asks for the ImageNet train folder."""
-    proc = snakemake(tmp_path, "results/calibration.csv", "--cores", "1", "--config", "scale=paper")
+    proc = snakemake(tmp_path, "results/paper/calibration.csv", "--cores", "1", "--config", "scale=paper")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert any(line.startswith("error: official_checkpoints.dit-xl-2-256: /path/to/DiT-XL-2-256x256.pt")
@@ -135,7 +135,7 @@ def test_a_calibration_run_checks_only_what_it_reads(tmp_path):
     assert not any("data set imagenet" in line for line in errors), errors
     references = [line for line in errors if line.startswith("error: reference ")]
     assert len(references) == 1 and "imagenet-256" in references[0] and "get it: curl" in references[0], errors
-    assert not (tmp_path / "work" / "imported").exists()
+    assert not (tmp_path / "work" / "paper" / "imported").exists()
 
 
 def test_the_smoke_stand_in_imports_back_to_its_trained_weights(tmp_path):
@@ -147,10 +147,10 @@ def test_the_smoke_stand_in_imports_back_to_its_trained_weights(tmp_path):
     target = registry.checkpoint_path(run_id, step)
     proc = snakemake(tmp_path, target, "--cores", "2", "--config", "scale=smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    native = torch.load(tmp_path / f"work/runs/{run_id}/ckpt/step{step}.pt", weights_only=True)
+    native = torch.load(tmp_path / f"work/smoke/runs/{run_id}/ckpt/step{step}.pt", weights_only=True)
     imported = torch.load(tmp_path / target, weights_only=True)
     assert imported["source"]["layout"] == "dit" and len(imported["source"]["sha256"]) == 64
-    assert imported["source"]["file"] == f"work/official/{run_id}.pt"
+    assert imported["source"]["file"] == f"work/smoke/official/{run_id}.pt"
     assert all(torch.equal(imported["ema"][k], v) for k, v in native["ema"].items())
 
 

@@ -29,6 +29,7 @@ MINI = {
     "datasets": {"digits": {"kind": "digits", "num_classes": 10}},
     "autoencoders": {"identity": {"kind": "identity"}},
     "references": {"digits-8": "built"},
+    "scale": "mini",
 }
 
 
@@ -41,6 +42,7 @@ def _paper_like(tmp_path: Path) -> dict:
         "references": {"imagenet-256": str(tmp_path / "VIRTUAL_imagenet256_labeled.npz"),
                        "imagenet-16": {"num": 4, "seed": 2}},
         "latents": {"shard_size": 256},
+        "scale": "paper",
     }
 
 
@@ -93,23 +95,24 @@ def _workflow(tmp_path: Path, config: dict) -> Path:
 @pytest.mark.slow
 def test_rules_build_digits_reference_and_latents(tmp_path):
     workdir = _workflow(tmp_path, MINI)
-    targets = ["work/reference/digits-8.npz", "work/latents/digits-8px-identity-noflip/index.json"]
+    targets = ["work/mini/reference/digits-8.npz", "work/mini/latents/digits-8px-identity-noflip/index.json"]
     result = _snakemake(workdir, *targets)
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(workdir / targets[0]) as npz:
         assert npz["arr_0"].shape == (300, 8, 8, 1)
     index = json.loads((workdir / targets[1]).read_text())
     assert index["num_items"] == 1497 and index["flip"] is False
-    assert (workdir / "work/reference/digits-8.json").exists()
+    assert (workdir / "work/mini/reference/digits-8.json").exists()
 
 
 def test_rules_dry_run_paper_like_commands(tmp_path):
     make_image_tree(tmp_path / "tree")
     config = _paper_like(tmp_path)
     workdir = _workflow(tmp_path, config)
-    result = _snakemake(workdir, "-n", "-p", "work/latents/imagenet-256px-sd-vae-ft-ema-flip/index.json",
-                        "work/reference/imagenet-16.npz", "work/reference/imagenet-256.npz")
+    result = _snakemake(workdir, "-n", "-p", "work/paper/latents/imagenet-256px-sd-vae-ft-ema-flip/index.json",
+                        "work/paper/reference/imagenet-16.npz", "work/paper/reference/imagenet-256.npz")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    assert "-m pipeline.latents --dataset imagefolder" in out and "--flip --out work/latents/imagenet-256px" in out
+    assert "-m pipeline.latents --dataset imagefolder" in out
+    assert "--flip --out work/paper/latents/imagenet-256px" in out
     assert "reference --dataset imagefolder" in out and "reference --dataset npz" in out

@@ -95,7 +95,8 @@ def test_the_slurm_profile_without_slurm_fails_once_up_front(tmp_path):
     if shutil.which("sbatch") is not None:
         pytest.skip("SLURM is installed here: the real-SLURM tests (tests/test_slurm.py) run the profile")
     command = next(c for c in commands() if "--profile slurm" in c and c.startswith(".venv/bin/snakemake"))
-    words = [("scale=smoke" if w == "scale=paper" else w) for w in shlex.split(command)]   # no ImageNet here
+    words = [w.replace("scale=paper", "scale=smoke").replace("results/paper/", "results/smoke/")   # no ImageNet here
+             for w in shlex.split(command)]
     proc = run(snakemake_argv(words, tmp_path, dry=False), ROOT, timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1 and "needs SLURM" in errors[0], proc.stderr[-2000:]

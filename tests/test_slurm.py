@@ -34,7 +34,7 @@ CI_PROFILE = SLURM_DIR / "ci-profile"
 PREVIEW = SLURM_DIR / "sbatch_preview.py"
 
 # What the end-to-end test runs. To point it at the real workflow at smoke scale, set SNAKEFILE to
-# REPO / "workflow" / "Snakefile", TARGETS to ["results/table1.csv"], EXTRA_ARGS to its smoke
+# REPO / "workflow" / "Snakefile", TARGETS to ["results/smoke/table1.csv"], EXTRA_ARGS to its smoke
 # configfile, SUBMITTED_RULES to its rules, and TRAIN_RULE / ROLLING_DIR / the two helpers below to the
 # real training rule and its rolling checkpoints.
 SNAKEFILE = SLURM_DIR / "test_workflow" / "Snakefile"
@@ -359,7 +359,7 @@ def test_smoke_scale_training_sbatch_line_has_no_gpu(tmp_path: Path) -> None:
 
 def real_preview(tmp_path: Path, *args: str) -> list[dict]:
     proc = subprocess.run(
-        [sys.executable, str(PREVIEW), "results/table1.csv", "--snakefile", str(REPO / "Snakefile"),
+        [sys.executable, str(PREVIEW), "results/paper/table1.csv", "--snakefile", str(REPO / "Snakefile"),
          "--directory", str(tmp_path), "--workflow-profile", "none", "--profile", "slurm", *args],
         cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=180,
     )
@@ -386,10 +386,10 @@ def test_harness_paper_scale_sbatch_lines(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def harness_slurm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
-    """results/table1.csv at smoke scale through --profile slurm on the local cluster."""
+    """results/smoke/table1.csv at smoke scale through --profile slurm on the local cluster."""
     require_slurm()
     workdir = tmp_path_factory.mktemp("harness_slurm")
-    cmd = [sys.executable, "-m", "snakemake", "results/table1.csv", "--snakefile", str(REPO / "Snakefile"),
+    cmd = [sys.executable, "-m", "snakemake", "results/smoke/table1.csv", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), "--workflow-profile", "none", "--profile", "slurm",
            "--profile", str(CI_PROFILE.relative_to(REPO)), "--config", "scale=smoke"]
     proc = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=900)
@@ -407,5 +407,5 @@ def test_harness_table1_through_sbatch(harness_slurm_run: tuple[Path, str, int])
     states = sacct_jobs(ids)
     assert set(states) == set(ids)
     assert all(s["State"] == "COMPLETED" and s["Partition"] == "ci" for s in states.values())
-    table = (workdir / "results" / "table1.csv").read_text().splitlines()
+    table = (workdir / "results" / "smoke" / "table1.csv").read_text().splitlines()
     assert table[0].startswith("# provenance: ") and len(table) > 5

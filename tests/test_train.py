@@ -258,6 +258,22 @@ def test_time_budget_stops_early_and_resumes(run: dict, tmp_path: Path) -> None:
     continue_and_compare_with_fresh(run, k, tmp_path)
 
 
+def test_periodic_ema_grids_leave_training_unchanged(run: dict, tmp_path: Path) -> None:
+    """Issue 19 item 6: `--grid-every 2` writes EMA sample grids at steps 2 and 4 of a 0 -> 6 segment (none at the
+    milestone), each with its sidecar; the milestone is bit-identical to a segment without grids."""
+    from PIL import Image
+
+    _, with_grids = fit(run, 0, 6, tmp_path / "grids", grid_every=2)
+    _, plain = fit(run, 0, 6, tmp_path / "plain")
+    assert_same_state(with_grids, plain)
+    grids = sorted((tmp_path / "grids" / "logs" / "grids").glob("*.png"))
+    assert [g.name for g in grids] == ["step00000002.png", "step00000004.png"]
+    sidecar = json.loads(grids[0].with_suffix(".json").read_text())
+    assert sidecar["classes"] == list(range(8)) and sidecar["per_class"] == 4 and sidecar["checkpoint"]["step"] == 2
+    assert sidecar["checkpoint"]["weights"] == "ema"
+    assert Image.open(grids[0]).size == tuple(reversed(sidecar["canvas_shape"][:2]))
+
+
 # ------------------------------------------------------------------------------------------
 # DDP
 # ------------------------------------------------------------------------------------------

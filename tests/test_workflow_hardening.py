@@ -129,13 +129,13 @@ def inception_link(tmp_path: Path, weights: str, dry: bool = False) -> tuple[sub
     configfile = tmp_path / "hostile.yaml"
     configfile.write_text(yaml.safe_dump({"extractor": {"kind": "inception", "weights": weights}}))
     load_scale("mini", overrides=yaml.safe_load(configfile.read_text()))        # the schema lets it through
-    args = ("work/extractors/inception.pth", "--configfile", str(configfile))
+    args = ("work/mini/extractors/inception.pth", "--configfile", str(configfile))
     if not dry:
         return snakemake(workdir, "--cores", "1", *args), workdir
     printed = snakemake(workdir, "-n", "-p", "--cores", "1", *args)
     assert printed.returncode == 0, printed.stderr[-3000:]
     command = next(line for line in printed.stdout.splitlines() if line.startswith("Shell command: "))
-    for folder in ("work/extractors", "work/logs/extractors"):
+    for folder in ("work/mini/extractors", "work/mini/logs/extractors"):
         (workdir / folder).mkdir(parents=True, exist_ok=True)
     shell = ["bash", "-c", "set -euo pipefail; " + command.removeprefix("Shell command: ")]
     return subprocess.run(shell, capture_output=True, text=True, cwd=workdir, timeout=60), workdir
@@ -148,7 +148,7 @@ def test_a_hostile_weights_path_is_linked_never_run(tmp_path, name):
     (weights_dir / name).write_bytes(b"not really inception")
     proc, workdir = inception_link(tmp_path, str(weights_dir / name), dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    link = workdir / "work" / "extractors" / "inception.pth"
+    link = workdir / "work" / "mini" / "extractors" / "inception.pth"
     assert link.is_symlink() and Path(os.readlink(link)) == (weights_dir / name).resolve()
     assert not pwned(tmp_path)
     link.unlink()
@@ -164,14 +164,15 @@ def test_a_hostile_relative_weights_path_starting_with_dashes_is_a_file_name(tmp
     (tmp_path / "work dir" / "--version").write_bytes(b"weights")
     proc, workdir = inception_link(tmp_path, "--version", dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert Path(os.readlink(workdir / "work" / "extractors" / "inception.pth")) == (workdir / "--version").resolve()
+    link = workdir / "work" / "mini" / "extractors" / "inception.pth"
+    assert Path(os.readlink(link)) == (workdir / "--version").resolve()
 
 
 def test_a_missing_hostile_weights_path_fails_cleanly(tmp_path):
     for dry, message in ((False, "error: extractor.weights: "), (True, "error: Inception weights not found at")):
         proc, workdir = inception_link(tmp_path, str(tmp_path / "x'; touch PWNED; echo '$(touch PWNED)"), dry=dry)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
-        assert not (workdir / "work" / "extractors" / "inception.pth").exists()
+        assert not (workdir / "work" / "mini" / "extractors" / "inception.pth").exists()
         assert not pwned(tmp_path)
 
 
@@ -235,7 +236,7 @@ def test_the_command_line_keys_stay_accepted(overrides):
 
 
 def test_commands_built_by_input_functions_are_argument_lists(tmp_path):
-    proc = snakemake(tmp_path, "-n", "-p", "results/table1.csv", "--config", "scale=paper")
+    proc = snakemake(tmp_path, "-n", "-p", "results/paper/table1.csv", "--config", "scale=paper")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "python -m torch.distributed.run --standalone --nproc_per_node 8 -m pipeline.train -- " in proc.stdout
     assert "'python -m" not in proc.stdout
@@ -263,20 +264,17 @@ def copy_checkout(dest: Path) -> Path:
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_budget_and_audit_run_in_a_path_with_a_space(tmp_path):
     repo = copy_checkout(tmp_path / "a b" / "repo")
-    # The audit's inputs: the committed mini tables (results/mini/, what `make snapshot` copied from a run).
-    (repo / "results").mkdir(exist_ok=True)
-    for table in (repo / "results" / "mini").glob("*.csv"):   # the experiments, the alternative readings included
-        if table.stem not in ("audit", "budget", "fig3"):
-            shutil.copy2(table, repo / "results" / table.name)
+    # The audit's inputs: the committed mini tables (results/mini/, the outputs of a mini run).
+    (repo / "results" / "mini" / "audit.csv").unlink()
     # Only these two rules: the tables are taken as they are (no rule may rebuild them from cells).
-    proc = snakemake(repo, "--cores", "1", "results/budget.csv", "results/audit.csv",
+    proc = snakemake(repo, "--cores", "1", "results/mini/budget.csv", "results/mini/audit.csv",
                      "--allowed-rules", "budget", "audit", snakefile=repo / "Snakefile",
                      env={"PYTHONPATH": str(repo)})
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    assert (repo / "results" / "budget.csv").read_text().startswith("# provenance: ")
+    assert (repo / "results" / "mini" / "budget.csv").read_text().startswith("# provenance: ")
 
     def verdicts(path: Path) -> list[tuple[str, str]]:
         lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
         return [(row["claim"], row["reading"], row["verdict"]) for row in csv.DictReader(lines)]
 
-    assert verdicts(repo / "results" / "audit.csv") == verdicts(ROOT / "results" / "mini" / "audit.csv")
+    assert verdicts(repo / "results" / "mini" / "audit.csv") == verdicts(ROOT / "results" / "mini" / "audit.csv")

@@ -5,7 +5,8 @@
 Walks ``results/`` (and ``paper_figures/`` with ``--paths results paper_figures``) of both working
 directories. Set aside, because they name the run rather than its numbers: every JSON ``provenance`` block
 and the per-run keys ``path``, ``mtime_ns`` and ``seconds``; a CSV's ``# provenance:`` first line and its
-``git_commit`` column; a PDF's ``/CreationDate``. Everything else is compared byte for byte (PNGs included).
+``git_commit`` column; the provenance comment line of a Markdown, LaTeX or HTML table; a PDF's
+``/CreationDate``; output locks (``.<name>.lock``). Everything else is compared byte for byte (PNGs included).
 Exit 0 when identical, 1 with one line per difference otherwise.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_SPECIFIC_KEYS = {"provenance", "path", "mtime_ns", "seconds"}
+PROVENANCE_LINE = re.compile(r"^\s*(?:<!--|%)?\s*provenance: ")
 
 
 def _strip(value: Any) -> Any:
@@ -39,16 +41,23 @@ def comparable(path: Path) -> Any:
         rows = list(csv.reader(line for line in path.read_text().splitlines() if not line.startswith("# provenance:")))
         keep = [i for i, name in enumerate(rows[0] if rows else []) if name != "git_commit"]
         return [[row[i] for i in keep if i < len(row)] for row in rows]
+    if path.suffix in (".md", ".tex", ".html"):   # the paper-shaped tables: their provenance comment line
+        return [line for line in path.read_text().splitlines() if not PROVENANCE_LINE.match(line)]
     if path.suffix == ".pdf":
         return re.sub(rb"/CreationDate \([^)]*\)", b"", path.read_bytes())
     return path.read_bytes()
 
 
+def _is_lock(path: Path) -> bool:
+    """An output lock of core.locks (``.<name>.lock``): it names a process, not a result."""
+    return path.name.startswith(".") and path.name.endswith(".lock")
+
+
 def differences(old: Path, new: Path, folders: Sequence[str]) -> list[str]:
     found = []
     for folder in folders:
-        old_files = {p.relative_to(old) for p in (old / folder).rglob("*") if p.is_file()}
-        new_files = {p.relative_to(new) for p in (new / folder).rglob("*") if p.is_file()}
+        old_files = {p.relative_to(old) for p in (old / folder).rglob("*") if p.is_file() and not _is_lock(p)}
+        new_files = {p.relative_to(new) for p in (new / folder).rglob("*") if p.is_file() and not _is_lock(p)}
         found += [f"only in {old}: {p}" for p in sorted(old_files - new_files)]
         found += [f"only in {new}: {p}" for p in sorted(new_files - old_files)]
         found += [f"differs: {p}" for p in sorted(old_files & new_files) if comparable(old / p) != comparable(new / p)]

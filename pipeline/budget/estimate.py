@@ -22,11 +22,11 @@ from pipeline.budget.flops import (
     vae_flops,
 )
 from pipeline.budget.throughput import THROUGHPUT_FILE, Device, Throughput
-from pipeline.paths import path
+from pipeline.paths import ScalePaths
 
 JOB_KINDS = ("latents", "train", "sample")
 GRID_EXPERIMENT = "grids"
-GRID_TARGET = "paper_figures/fig8.png"      # the grids rule's output (Figs. 8-10)
+GRID_TARGET = "paper_figures/fig8.png"      # the grids rule's output (Figs. 8-10), in the scale's folder
 
 
 @dataclass
@@ -272,6 +272,7 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
         if name not in throughput.devices:
             raise KeyError(f"unknown device {name!r}; known: {sorted(throughput.devices)}")
     est = _Estimator(scale_cfg, throughput, throughput.devices[gpu_name], throughput.devices[cpu_name])
+    paths = ScalePaths(registry.scale)
     jobs: dict[str, Job] = {}
     needs: dict[str, set[str]] = {}
     chains: dict[str, list[list[str]]] = {}
@@ -296,7 +297,7 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
         for stop in registry.milestones[run_id]:
             if stop > step:
                 break
-            key = path("checkpoint", run=run_id, step=stop)
+            key = paths("checkpoint", run=run_id, step=stop)
             if key not in jobs:
                 job = Job("train", key, pname, run_id, run["network"]["name"],
                           step_from=registry.previous_milestone(run_id, stop) or 0, step_to=stop,
@@ -336,7 +337,7 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
         run_id, step = grid["run_id"], int(grid["step"])
         num = len(grid["classes"]) * int(grid["per_class"])
         chain = [latents_job(run_id), *segment_jobs(run_id, step),
-                 sample_job(GRID_TARGET, run_id, step, grid["sampler"], float(grid["cfg"]), num, score=False,
+                 sample_job(paths.at(GRID_TARGET), run_id, step, grid["sampler"], float(grid["cfg"]), num, score=False,
                             one_process=True)]
         needs[GRID_EXPERIMENT] = set(chain)
         chains[GRID_EXPERIMENT] = [chain]

@@ -1,6 +1,6 @@
 """Show the sbatch command lines a SLURM profile would submit, without submitting anything.
 
-    python tests/slurm/sbatch_preview.py results/table1.csv --profile slurm [other snakemake args]
+    python tests/slurm/sbatch_preview.py results/paper/table1.csv --profile slurm [other snakemake args]
 
 Runs Snakemake's own command-line parsing (so profiles, ``--config``, ``--set-resources`` apply
 exactly as in a real run) and a dry-run, then feeds every job that would run on the cluster to

@@ -1,8 +1,8 @@
 # Calibration: published checkpoints in (paths: pipeline/paths.py). The sample and cell rules are the usual ones;
 # only where the checkpoint comes from differs.
-# work/official/<run>.pt                 the published file (a link to the scale's official_checkpoints entry) or,
+# work/<scale>/official/<run>.pt         the published file (a link to the scale's official_checkpoints entry) or,
 #                                        for a stand-in, the trained run's EMA weights in the official layout
-# work/imported/<run>/step<N>.pt         the harness checkpoint imported from it (strict key/shape check, the
+# work/<scale>/imported/<run>/step<N>.pt         the harness checkpoint imported from it (strict key/shape check, the
 #                                        file's SHA-256 recorded), which the calibration cells sample
 
 rule official_checkpoint_link:
@@ -12,7 +12,7 @@ rule official_checkpoint_link:
     wildcard_constraints:
         run=imported_runs(stand_in=False),
     log:
-        "work/logs/official/{run}.log",
+        in_scale("work/logs/official/{run}.log"),
     params:
         source=lambda wc: REG.imported[wc.run]["source"],
         key=lambda wc: f"official_checkpoints.{REG.imported[wc.run]['preset']}",
@@ -32,7 +32,7 @@ rule official_checkpoint_export:
     wildcard_constraints:
         run=imported_runs(stand_in=True),
     log:
-        "work/logs/official/{run}.log",
+        in_scale("work/logs/official/{run}.log"),
     params:
         layout=lambda wc: REG.imported[wc.run]["layout"],
     resources:
@@ -49,7 +49,7 @@ rule import_official:
     output:
         PATHS["imported_checkpoint"],
     log:
-        "work/logs/imported/{run}/step{step}.log",
+        in_scale("work/logs/imported/{run}/step{step}.log"),
     params:
         run_json=lambda wc: json.dumps(REG.runs[wc.run], sort_keys=True),
         layout=lambda wc: REG.imported[wc.run]["layout"],
@@ -62,16 +62,18 @@ rule import_official:
 
 
 rule calibration_audit:
-    """The calibration-* claims alone (config/claims.yaml), so that calibrating needs only results/calibration.csv."""
+    """The calibration-* claims alone (config/claims.yaml), so that calibrating needs only results/<scale>/calibration.csv."""
     input:
         table=path("table", experiment="calibration"),
         claims=BASE / "config" / "claims.yaml",
         fig3=BASE / "config" / "figures" / "fig3.yaml",
     output:
-        "results/calibration-audit.csv",
+        in_scale("results/calibration-audit.csv"),
     log:
-        "work/logs/report/calibration-audit.log",
+        in_scale("work/logs/report/calibration-audit.log"),
+    params:
+        results=in_scale("results/"),
     localrule: True
     shell:
-        "python -m pipeline.audit --results results --tables {input.table:q} --claims {input.claims:q}"
+        "python -m pipeline.audit --results {params.results:q} --tables {input.table:q} --claims {input.claims:q}"
         " --fig3-config {input.fig3:q} --only calibration- --out {output:q} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, config_error_exit
-from pipeline.paths import PATHS, path
+from pipeline.paths import ScalePaths
 from pipeline.registry import load_registry
 
 # The Snakefile's pipeline.config.load_scale checked the config, load_registry checks config/experiments.yaml
@@ -30,6 +30,11 @@ except (ConfigError, ValueError) as _err:
 # jobs (they re-read this file); no interpreter path ever appears in a shell command.
 if not os.environ.get("PATH", "").startswith(str(Path(sys.executable).parent) + os.pathsep):
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# Every file of this run lives in the scale's folders (work/<scale>/, results/<scale>/, paper_figures/<scale>/):
+# PATHS["kind"] is a template, path("kind", ...) a file, in_scale("results/x") any other file of the scale.
+PATHS = ScalePaths(config["scale"])
+path = PATHS
+in_scale = PATHS.at
 
 
 wildcard_constraints:
@@ -174,7 +179,7 @@ def sample_flags(wildcards):
 def metrics_reference(wildcards):
     from pipeline.registry import reference_path
 
-    return reference_path(protocol_of(wildcards.run))
+    return reference_path(protocol_of(wildcards.run), SCALE)
 
 
 def cell_specs(wildcards):
@@ -236,6 +241,9 @@ def paper_table_flags(name):
 
 def fig3_best_std_results(wildcards):
     """Fig. 2 results are an optional input: used (and then tracked) only once they exist, so Fig. 3 never
-    waits for training. When results/fig2.csv appears later, Fig. 3 reruns (its input is newer)."""
+    waits for training. When results/<scale>/fig2.csv appears later, Fig. 3 reruns (its input is newer). A path
+    under results/ in config/figures/fig3.yaml is this scale's (results/fig2.csv: results/<scale>/fig2.csv)."""
     results = config["fig3"]["best_std"]["results"]
+    if str(results).startswith("results/"):
+        results = in_scale(results)
     return [results] if Path(results).exists() else []

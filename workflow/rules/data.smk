@@ -2,10 +2,10 @@
 # config (keys documented in pipeline/data_config.py): datasets, autoencoders, references, and the optional
 # weights_dir and latents {shard_size, batch_size, num_workers, seed}.
 #
-# work/reference/<reference>.npz (+ .json)          ADM npz the metrics compare against: built from the
+# work/<scale>/reference/<reference>.npz (+ .json)      ADM npz the metrics compare against: built from the
 #                                                   data set, or a symlink to the configured ADM batch
-# work/data/<dataset>-<split>.npz (+ .json)         a digits split as an ADM-format npz (train/reference/all)
-# work/latents/<dataset>-<res>px-<ae>-<flip>/       shard-XXXXX.safetensors + index.json (flip: flip|noflip);
+# work/<scale>/data/<dataset>-<split>.npz (+ .json)     a digits split as an ADM-format npz (train/reference/all)
+# work/<scale>/latents/<dataset>-<res>px-<ae>-<flip>/     shard-XXXXX.safetensors + index.json (flip: flip|noflip);
 #                                                   shards are resumable and survive a failed job
 
 import os
@@ -14,11 +14,17 @@ import sys
 from pathlib import Path
 
 from pipeline.data_config import latents_cli_args, reference_cli_args
+from pipeline.paths import at_scale
 
 # As common.smk: jobs run `python` of the environment that runs Snakemake (also when this file is included
 # on its own, as tests/test_data_rules.py does).
 if not os.environ.get("PATH", "").startswith(str(Path(sys.executable).parent) + os.pathsep):
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def data_path(relative):
+    """A file of this scale's work folder (work/<scale>/...; pipeline.paths)."""
+    return at_scale(relative, config["scale"])
 
 
 def alternatives(names):
@@ -73,14 +79,14 @@ def reference_is_built_from_images(wildcards):
 
 rule reference_npz:
     output:
-        npz="work/reference/{reference}.npz",
-        meta="work/reference/{reference}.json",
+        npz=data_path("work/reference/{reference}.npz"),
+        meta=data_path("work/reference/{reference}.json"),
     wildcard_constraints:
         reference=alternatives(config.get("references") or {}),
     params:
         command=reference_command,
     log:
-        "work/logs/reference/{reference}.log",
+        data_path("work/logs/reference/{reference}.log"),
     threads: 1
     resources:
         cpus_per_task=lambda wc: 8 if reference_is_built_from_images(wc) else 1,
@@ -92,13 +98,13 @@ rule reference_npz:
 
 rule dataset_npz:
     output:
-        npz="work/data/{dataset}-{split}.npz",
-        meta="work/data/{dataset}-{split}.json",
+        npz=data_path("work/data/{dataset}-{split}.npz"),
+        meta=data_path("work/data/{dataset}-{split}.json"),
     wildcard_constraints:
         dataset=alternatives(digits_datasets()),
         split="train|reference|all",
     log:
-        "work/logs/data/{dataset}-{split}.log",
+        data_path("work/logs/data/{dataset}-{split}.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -110,7 +116,7 @@ rule dataset_npz:
 
 rule latents:
     output:
-        "work/latents/{dataset}-{res}px-{ae}-{flip}/index.json",
+        data_path("work/latents/{dataset}-{res}px-{ae}-{flip}/index.json"),
     wildcard_constraints:
         dataset=alternatives(config.get("datasets") or {}),
         ae=alternatives(config.get("autoencoders") or {}),
@@ -120,7 +126,7 @@ rule latents:
         command=latents_command,
         out=lambda wc, output: os.path.dirname(output[0]),
     log:
-        "work/logs/latents/{dataset}-{res}px-{ae}-{flip}.log",
+        data_path("work/logs/latents/{dataset}-{res}px-{ae}-{flip}.log"),
     threads: 1
     resources:
         gpu=latents_resource("gpu", 0),

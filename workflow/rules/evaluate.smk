@@ -1,8 +1,8 @@
 # Sampling + metrics (one job per sample set) and cells (paths: pipeline/paths.py).
-# work/samples/<run>/step<N>/<tag>.npz     ADM sample batch (arr_0 uint8 NHWC, arr_1 labels) + .json sidecar
-# work/metrics/<run>/step<N>/<tag>.json    FID / sFID / IS / precision / recall with every setting
+# work/<scale>/samples/<run>/step<N>/<tag>.npz     ADM sample batch (arr_0 uint8 NHWC, arr_1 labels) + .json sidecar
+# work/<scale>/metrics/<run>/step<N>/<tag>.json    FID / sFID / IS / precision / recall with every setting
 #                                          (`python -m eval.evaluate REF NPZ` re-scores any npz by hand)
-# results/cells/<experiment>/<cell>.json   one table entry or figure point: metrics of every seed, the
+# results/<scale>/cells/<experiment>/<cell>.json  one table entry or figure point: metrics of every seed, the
 #                                          paper's value, provenance. Delete one and re-run its target
 #                                          to re-run only that cell.
 # A sample job's settings come from the registry cell that asked for its file (`sample_set`), never from
@@ -13,7 +13,7 @@ from pipeline.known_files import DIGITS_WEIGHTS
 
 EXTRACTOR = config["extractor"]
 # The digits CNN is shipped (eval/weights/README.md: the same weights on every machine); Inception is linked.
-EXTRACTOR_WEIGHTS = str(BASE / DIGITS_WEIGHTS) if EXTRACTOR["kind"] == "digits" else "work/extractors/inception.pth"
+EXTRACTOR_WEIGHTS = str(BASE / DIGITS_WEIGHTS) if EXTRACTOR["kind"] == "digits" else in_scale("work/extractors/inception.pth")
 
 
 rule sample:
@@ -53,7 +53,7 @@ rule cell:
     output:
         PATHS["cell"],
     log:
-        "work/logs/cells/{experiment}/{cell}.log",
+        in_scale("work/logs/cells/{experiment}/{cell}.log"),
     params:
         specs=lambda wc: cells_to_json(cell_specs(wc)),
         scale=config["scale_name"],
@@ -65,9 +65,9 @@ rule cell:
 
 rule inception_weights:
     output:
-        "work/extractors/inception.pth",
+        in_scale("work/extractors/inception.pth"),
     log:
-        "work/logs/extractors/inception.log",
+        in_scale("work/logs/extractors/inception.log"),
     params:
         source=EXTRACTOR.get("weights", ""),
     localrule: True
@@ -85,9 +85,9 @@ rule grids:
         ckpt=path("checkpoint", run=GRID["run_id"], step=GRID["step"]),
         latents=f"{REG.runs[GRID['run_id']]['latents']}/index.json",
     output:
-        report("paper_figures/fig8.png", category="fig8-10"),
+        report(in_scale("paper_figures/fig8.png"), category="fig8-10"),
     log:
-        "work/logs/grids.log",
+        in_scale("work/logs/grids.log"),
     params:
         classes=[str(c) for c in GRID["classes"]],
         per_class=GRID["per_class"],
@@ -103,4 +103,4 @@ rule grids:
         " --micro-batch {params.micro:q} --latents-index {input.latents:q} --out {output:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS.append("paper_figures/fig8.png")
+ALL_TARGETS.append(in_scale("paper_figures/fig8.png"))

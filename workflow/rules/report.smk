@@ -1,4 +1,4 @@
-# One rule per figure and table, made by one loop: cells -> results/<name>.csv (+ paper_figures/<name>.pdf/png).
+# One rule per figure and table, made by one loop: cells -> results/<scale>/<name>.csv (+ paper_figures/<scale>/<name>.pdf/png).
 
 for _name in FIGURES + TABLES + ALTERNATIVES:
 
@@ -10,7 +10,7 @@ for _name in FIGURES + TABLES + ALTERNATIVES:
         output:
             **report_outputs(_name),
         log:
-            f"work/logs/report/{_name}.log",
+            in_scale(f"work/logs/report/{_name}.log"),
         params:
             experiment=_name,
             figure=["--figure", path("figure", experiment=_name, ext="pdf")] if _name in FIGURES else [],
@@ -46,13 +46,15 @@ rule audit:
         claims=BASE / "config" / "claims.yaml",
         fig3=BASE / "config" / "figures" / "fig3.yaml",
     output:
-        report("results/audit.csv", category="audit", caption="../report/audit.rst"),
+        report(in_scale("results/audit.csv"), category="audit", caption="../report/audit.rst"),
     log:
-        "work/logs/report/audit.log",
+        in_scale("work/logs/report/audit.log"),
+    params:
+        results=in_scale("results/"),
     localrule: True
     shell:
-        "python -m pipeline.audit --results results --tables {input.tables:q} --claims {input.claims:q}"
+        "python -m pipeline.audit --results {params.results:q} --tables {input.tables:q} --claims {input.claims:q}"
         " --fig3-config {input.fig3:q} --out {output:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS.append("results/audit.csv")
+ALL_TARGETS.append(in_scale("results/audit.csv"))

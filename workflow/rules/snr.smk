@@ -12,7 +12,7 @@ try:
 except ConfigError as _err:
     config_error_exit(_err)
 FIG3 = config["fig3"]
-FIG3_FIGURES = expand("paper_figures/{view}.{ext}", view=[v["name"] for v in FIG3["views"]], ext=["pdf", "png"])
+FIG3_FIGURES = expand(in_scale("paper_figures/{view}.{ext}"), view=[v["name"] for v in FIG3["views"]], ext=["pdf", "png"])
 
 
 rule fig3:
@@ -21,19 +21,20 @@ rule fig3:
         best_std_results=fig3_best_std_results,
     output:
         figures=[report(f, category="fig3", caption="../report/fig3.rst") for f in FIG3_FIGURES],
-        csv=report("results/fig3.csv", category="fig3", caption="../report/fig3.rst"),
-        summary="results/fig3_summary.json",
+        csv=report(in_scale("results/fig3.csv"), category="fig3", caption="../report/fig3.rst"),
+        summary=in_scale("results/fig3_summary.json"),
     params:
         config_json=json.dumps(FIG3, sort_keys=True),
         best_std_flag=lambda wildcards, input: (
             ["--best-std-results", input.best_std_results[0]] if input.best_std_results else []
         ),
+        fig_dir=in_scale("paper_figures/"),
     log:
-        "logs/fig3.log",
+        in_scale("work/logs/report/fig3.log"),
     localrule: True
     shell:
         "python -m pipeline.figures.fig3 --config-json {params.config_json:q} {params.best_std_flag:q}"
-        " --fig-dir paper_figures --csv {output.csv:q} --summary {output.summary:q} > {log:q} 2>&1"
+        " --fig-dir {params.fig_dir:q} --csv {output.csv:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(FIG3_FIGURES + ["results/fig3.csv", "results/fig3_summary.json"])
+ALL_TARGETS.extend(FIG3_FIGURES + [in_scale("results/fig3.csv"), in_scale("results/fig3_summary.json")])

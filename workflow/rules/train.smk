@@ -1,9 +1,9 @@
 # Training: one job per segment between consecutive milestones of a run (paths: pipeline/paths.py).
-# work/runs/<run>/run.json            the recipe (pipeline.runconfig keys) as the registry expanded it,
+# work/<scale>/runs/<run>/run.json            the recipe (pipeline.runconfig keys) as the registry expanded it,
 #                                     written by each segment job (identical every time: the run id hashes it)
-# work/runs/<run>/ckpt/step<N>.pt     milestone checkpoints (segment k+1 starts from segment k's)
-# work/runs/<run>/rolling/            undeclared: rolling checkpoints survive failures and retries
-# work/runs/<run>/log/                train.jsonl and loss.png (+ tensorboard/ where the protocol asks for it)
+# work/<scale>/runs/<run>/ckpt/step<N>.pt     milestone checkpoints (segment k+1 starts from segment k's)
+# work/<scale>/runs/<run>/rolling/            undeclared: rolling checkpoints survive failures and retries
+# work/<scale>/runs/<run>/log/                train.jsonl and loss.png (+ tensorboard/ and grids/ where the protocol asks)
 
 
 rule train_segment:
@@ -26,6 +26,8 @@ rule train_segment:
         tensorboard=lambda wc: ["--tensorboard", path("tensorboard_dir", run=wc.run)]
         if protocol_of(wc.run).get("tensorboard", False) else [],
         compile=lambda wc: ["--compile"] if protocol_of(wc.run).get("compile", False) else [],
+        grids=lambda wc: ["--grid-every", str(protocol_of(wc.run)["sample_grid_every"])]
+        if protocol_of(wc.run).get("sample_grid_every", 0) > 0 else [],
     threads: 1
     resources:
         **stage_resources("train"),
@@ -33,7 +35,7 @@ rule train_segment:
         "OMP_NUM_THREADS={threads} {params.launcher:q} --run-json {params.run_json:q}"
         " --save-run-config {params.run_config:q} --start {params.start:q} --stop {wildcards.step:q} {params.init:q}"
         " --out {output:q} --rolling-dir {params.rolling:q} --log-dir {params.log_dir:q} {params.plot:q}"
-        " {params.tensorboard:q} {params.compile:q}"
+        " {params.tensorboard:q} {params.compile:q} {params.grids:q}"
         # Under SLURM, stop cleanly (exit 75, rolling checkpoint) before the job's time limit; the retry resumes.
         # (resources.runtime is Snakemake's minutes, an integer; quoted all the same.)
         ' $([ -n "${{SLURM_JOB_ID:-}}" ] && echo --time-budget-minutes {resources.runtime:q})'
