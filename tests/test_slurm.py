@@ -384,6 +384,40 @@ def test_harness_paper_scale_sbatch_lines(tmp_path: Path) -> None:
     assert not [j for j in jobs if j["rule"] in ("cell", "table1")]  # light rules stay on the head node
 
 
+def test_harness_two_node_training_sbatch_and_srun_lines(tmp_path: Path) -> None:
+    """Issue 20 item 1: `nodes: 2` for training (a scale setting) -> sbatch asks for 2 nodes of 8 GPUs, one task
+    each, and the job's shell starts one pipeline.launch agent per node under srun (torchrun --nnodes 2 with a
+    c10d rendezvous on the first node: tests/test_launch.py runs two such agents on localhost)."""
+    override = tmp_path / "two-nodes.yaml"
+    override.write_text("protocol_overrides: {all: {resources: {train: {nodes: 2}}}}\n")
+    jobs = real_preview(tmp_path, "--config", "scale=paper", "--configfile", str(override))
+    train = [j for j in jobs if j["rule"] == "train_segment"]
+    assert len(train) == 40
+    for job in train:
+        flags = job["sbatch"].split()
+        assert {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gres=gpu:8", "--cpus-per-task=64"} <= set(flags)
+        assert not [f for f in flags if f.startswith(("--gpus", "--ntasks-per-gpu"))]
+        assert job["srun"] is None and job["shell"].count("srun ") == 1
+        launch = job["shell"][job["shell"].index("srun "):job["shell"].index(" -- ")]
+        assert launch == ("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=64 --kill-on-bad-exit=1 "
+                          "python -m pipeline.launch --nnodes 2 --nproc-per-node 8 -m pipeline.train")
+    sample = [j for j in jobs if j["rule"] == "sample"]
+    assert sample and all("--nodes=1" in j["sbatch"].split() and j["srun"] for j in sample)  # sampling: one node
+
+
+def test_protocols_that_disagree_on_a_stages_nodes_stop_with_one_line(tmp_path: Path) -> None:
+    override = tmp_path / "mixed.yaml"
+    override.write_text("protocol_overrides: {section4: {resources: {train: {nodes: 2}}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "results/paper/table1.csv", "--snakefile",
+                           str(REPO / "Snakefile"), "--directory", str(tmp_path), "--workflow-profile", "none",
+                           "--config", "scale=paper", "--configfile", str(override)],
+                          cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=180)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 1 and errors == [
+        "error: resources.train.nodes: the protocols of scale paper ask for [1, 2] nodes; a stage runs on one node "
+        "or on the same number of nodes in every protocol"], proc.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def harness_slurm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
     """results/smoke/table1.csv at smoke scale through --profile slurm on the local cluster."""

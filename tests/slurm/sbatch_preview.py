@@ -6,7 +6,8 @@ Runs Snakemake's own command-line parsing (so profiles, ``--config``, ``--set-re
 exactly as in a real run) and a dry-run, then feeds every job that would run on the cluster to
 snakemake-executor-plugin-slurm's submit-string builder (``get_submit_command`` +
 ``set_gres_string``) and to the jobstep plugin's step flags (the ``srun`` that starts the rule
-inside the allocation). Prints one JSON object per job. No SLURM, GPU or account is needed, so
+inside the allocation; for a multi-node, MPI-style job, ``shell``: the rule's command with its own ``srun``).
+Prints one JSON object per job. No SLURM, GPU or account is needed, so
 multi-GPU paper-scale declarations can be checked on a laptop or in CI.
 
 Differences from a real submission, by design: the job name is ``<run-uuid>`` instead of a fresh
@@ -67,13 +68,18 @@ def _submission(job: Any, workflow: Any, executor_settings: Any) -> dict[str, An
     gpu_job = bool(job.resources.get("gpu")) or "gpu" in str(job.resources.get("gres", ""))
     step_flags = [get_cpu_setting(job, gpu_job), get_gpu_setting(job), get_node_setting(job)]
     srun = " ".join(["srun -n1 --cpu-bind=q", *[flag for flag in step_flags if flag]])
-    return {
+    submission = {
         "rule": job.name,
         "wildcards": dict(job.wildcards_dict),
         "sbatch": " ".join(sbatch.split()),
         "srun": srun,
         "threads": job.threads,
     }
+    if "mpi" in job.resources.keys():
+        # The jobstep runs an MPI job's shell as is on the first node: the rule's own `srun` starts its tasks.
+        submission["srun"] = None
+        submission["shell"] = " ".join(str(job.shellcmd).split())
+    return submission
 
 
 def preview(argv: list[str]) -> list[dict[str, Any]]:

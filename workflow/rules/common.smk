@@ -49,8 +49,23 @@ def protocol_of(run_id):
     return REG.protocols[REG.run_protocol[run_id]]
 
 
+def stage_nodes(stage):
+    """Nodes per job of a stage at this scale. Multi-node is all or nothing per stage (a rule's resources have
+    the same keys for every job), so the protocols must agree; otherwise one line and the run ends."""
+    found = {int(p["resources"].get(stage, {}).get("nodes", 1)) for p in REG.protocols.values()}
+    if len(found) > 1 and max(found) > 1:
+        config_error_exit(ConfigError(f"resources.{stage}.nodes: the protocols of scale {SCALE} ask for "
+                                      f"{sorted(found)} nodes; a stage runs on one node or on the same number of "
+                                      f"nodes in every protocol"))
+    return max(found or {1})
+
+
 def stage_resources(stage, run_id=None):
-    """The resources of a stage for the run in the wildcards (or the fixed ``run_id``), with defaults."""
+    """The resources of a stage for the run in the wildcards (or the fixed ``run_id``), with defaults.
+
+    A multi-node stage (``nodes`` > 1) goes through the SLURM executor's MPI path: the job step runs the rule's
+    shell on the first node, whose ``srun`` starts one torchrun agent per node (:func:`launcher`); sbatch asks
+    for ``--nodes N --ntasks N --ntasks-per-node 1`` and ``--gres gpu:G`` per node (G = ``gpu``, per node)."""
     defaults = {"gpu": 0, "nodes": 1, "cpus_per_task": 1, "mem_mb": 2000, "runtime": "30m"}
 
     def one(key):
@@ -58,7 +73,12 @@ def stage_resources(stage, run_id=None):
             return protocol_of(run_id or wildcards.run)["resources"][stage].get(key, defaults[key])
         return get
 
-    return {key: one(key) for key in defaults}
+    resources = {key: one(key) for key in defaults}
+    if stage_nodes(stage) > 1:
+        per_node = resources.pop("gpu")
+        resources.update(gpu=0, gres=lambda wildcards, attempt=1: f"gpu:{per_node(wildcards)}", mpi="srun",
+                         tasks=resources["nodes"], tasks_per_gpu=0, slurm_extra="--ntasks-per-node=1")
+    return resources
 
 
 def single_process_resources(stage, run_id):
@@ -72,11 +92,18 @@ def single_process_resources(stage, run_id):
 
 
 def launcher(stage, module):
-    """`python -m MODULE` for one process; torchrun over the job's GPUs for several (`--` ends torchrun's flags).
+    """`python -m MODULE` for one process; torchrun over the job's GPUs for several (`--` ends torchrun's flags);
+    on several nodes `srun` with one pipeline.launch agent per node, joined by a c10d rendezvous on the first.
 
     A list of arguments: the rules quote each one (`{params.launcher:q}`)."""
     def get(wildcards):
-        gpus = int(protocol_of(wildcards.run)["resources"][stage].get("gpu", 0))
+        res = protocol_of(wildcards.run)["resources"][stage]
+        gpus, nodes = int(res.get("gpu", 0)), int(res.get("nodes", 1))
+        if nodes > 1:
+            return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+                    f"--cpus-per-task={int(res.get('cpus_per_task', 1))}", "--kill-on-bad-exit=1",
+                    "python", "-m", "pipeline.launch", "--nnodes", str(nodes), "--nproc-per-node", str(max(gpus, 1)),
+                    "-m", module, "--"]
         if gpus > 1:
             return ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
                     "-m", module, "--"]
