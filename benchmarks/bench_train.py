@@ -27,6 +27,7 @@ class TrainConfig:
     run: dict[str, Any]          # a run config (pipeline.runconfig keys; no latents needed)
     min_seconds: float = 1.5
     max_steps: int = 60
+    compile: bool = False        # torch.compile the network (as `compile: true` trains at the paper scale)
 
 
 def _base_run(network: dict[str, Any], batch: int, precision: str, tf32: bool) -> dict[str, Any]:
@@ -119,15 +120,19 @@ def measure(ctx: Context, config: TrainConfig) -> dict[str, Any]:
     x = torch.randn(shape, generator=generator, device=ctx.device)
     y = torch.randint(0, model.num_classes, (batch,), generator=generator, device=ctx.device)
     step = [0]
+    net_call = torch.compile(model) if config.compile else model
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
 
     def one_step() -> None:
         draw = draw_step(0, step[0], shape, schedule, loss_cfg, False, ctx.device).draw
-        train_step(model, model, ema, opt, x, y, draw, schedule, loss_cfg, run_cfg)
+        train_step(net_call, model, ema, opt, x, y, draw, schedule, loss_cfg, run_cfg)
         step[0] += 1
 
     with matmul_tf32(bool(run.get("tf32")) and ctx.device.type == "cuda"):
-        warmup = 2 if config.max_steps > 10 else 1
+        warmup = (3 if config.compile else 2) if config.max_steps > 10 else 1
         timing = rate(ctx, one_step, config.min_seconds, config.max_steps, warmup=warmup)
+    peak_memory = torch.cuda.max_memory_allocated(ctx.device) if ctx.device.type == "cuda" else None
     key = precision_key(ctx, run)
     flops = batch * train_flops_per_image(net_spec, bool(net_spec.get("grad_checkpointing", False)))
     achieved = flops / timing["median_s"]
@@ -140,6 +145,7 @@ def measure(ctx: Context, config: TrainConfig) -> dict[str, Any]:
         "images_s": batch / timing["median_s"],
         "steps_timed": timing["calls"], "flops_per_step": flops, "achieved_flops": achieved,
         "fraction_of_peak": achieved / peak if peak else None, "threads": ctx.threads,
+        "compile": config.compile, "peak_memory_bytes": peak_memory,
     }
 
 

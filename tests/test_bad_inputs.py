@@ -163,7 +163,8 @@ SAMPLE = ("--autoencoder", '{{"name": "identity", "channels": 1}}',
           "--num-samples", "4", "--out", "{out}/s.npz", "--device", "cpu", "--sampler", "euler", "--steps", "2")
 CELL_SPEC = json.dumps([{
     "experiment": "fig2", "block": "b", "id": "c", "seed": 0, "run_id": "r", "protocol": "p", "milestone": 1,
-    "step": 1, "sampler": {"kind": "euler"}, "cfg": 1.0, "num_samples": 4, "metrics": ["fid"]}]).replace(
+    "step": 1, "sampler": {"kind": "euler"}, "cfg": 1.0, "num_samples": 4, "metrics": ["fid"],
+    "scale": "mini"}]).replace(
     "{", "{{").replace("}", "}}")
 EVAL = ("--extractor", "digits", "--out", "{out}/m.json", "--device", "cpu")
 
