@@ -58,3 +58,26 @@ rule audit:
 
 
 ALL_TARGETS.append(in_scale("results/audit.csv"))
+
+
+# Training throughput per run (it/s, images/s per device, MFU, peak memory) from the runs' train.jsonl, shown in
+# the report: the same numbers the job logs print. Inputs: each trained run's last milestone (its log is then
+# complete; the log folders themselves are undeclared outputs of train_segment).
+TRAINED_RUNS = sorted(run for run in REG.runs if REG.is_trained(run))
+
+
+rule training_summary:
+    input:
+        [path("checkpoint", run=run, step=REG.milestones[run][-1]) for run in TRAINED_RUNS],
+    output:
+        report(in_scale("results/training.csv"), category="training", caption="../report/training.rst"),
+    params:
+        run_logs=[f"{run}={path('train_log_dir', run=run)}" for run in TRAINED_RUNS],
+    log:
+        in_scale("work/logs/report/training.log"),
+    localrule: True
+    shell:
+        "python -m pipeline.training_summary --run-logs {params.run_logs:q} --out {output:q} > {log:q} 2>&1"
+
+
+ALL_TARGETS.append(in_scale("results/training.csv"))
