@@ -8,7 +8,6 @@ under DistributedDataParallel for ``--steps`` timed steps after a warm-up; rank 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,22 +27,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
 
     from benchmarks.gpu_check import configurations
+    from core.distributed import join_processes
     from core.io import atomic_write_json
+    from core.precision import matmul_tf32
     from models.ema import make_ema
     from pipeline.runconfig import RunConfig
     from pipeline.train_data import draw_step
     from pipeline.train_state import build_optimizer
     from pipeline.train_step import train_step
 
-    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    device = torch.device("cuda", local)
-    torch.cuda.set_device(device)
-    dist.init_process_group("nccl", device_id=device)
+    ctx = join_processes("cuda")                  # as pipeline.train: NCCL, this rank's GPU
+    rank, device = ctx.rank, ctx.device
     config = configurations(args.network, args.batch, args.steps, args.compile)["harness"]
     run = RunConfig.from_json(config.run)
     model = run.build_network().to(device).train()
     ema, opt = make_ema(model), build_optimizer(run, model)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local])
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index], broadcast_buffers=False)
     net_call = torch.compile(ddp) if args.compile else ddp
     schedule, loss_cfg = run.build_schedule(), run.loss_config()
     shape = (args.batch, model.in_channels, model.input_size, model.input_size)
@@ -53,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def one_step(step: int) -> None:
         draw = draw_step(rank, step, shape, schedule, loss_cfg, False, device).draw
-        train_step(net_call, model, ema, opt, x, y, draw, schedule, loss_cfg, run)
+        with matmul_tf32(run.tf32):
+            train_step(net_call, model, ema, opt, x, y, draw, schedule, loss_cfg, run)
 
     for step in range(3):
         one_step(step)

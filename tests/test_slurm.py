@@ -395,7 +395,7 @@ def test_harness_two_node_training_sbatch_and_srun_lines(tmp_path: Path) -> None
     assert len(train) == 40
     for job in train:
         flags = job["sbatch"].split()
-        assert {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gres=gpu:8", "--cpus-per-task=64"} <= set(flags)
+        assert {"--nodes=2", "--ntasks=2", "--gres=gpu:8", "--cpus-per-task=64"} <= set(flags)
         assert not [f for f in flags if f.startswith(("--gpus", "--ntasks-per-gpu"))]
         assert job["srun"] is None and job["shell"].count("srun ") == 1
         launch = job["shell"][job["shell"].index("srun "):job["shell"].index(" -- ")]

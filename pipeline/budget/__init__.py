@@ -1,7 +1,7 @@
 """Compute budget: estimated wall-clock and GPU-hours of every job, figure and table, before anything runs.
 
 ``python -m pipeline.budget --scale paper [--gpu H100-SXM5] [--throughput benchmarks/results/HOST.json]
---out results/budget.csv`` (or ``snakemake results/budget.csv --config scale=paper``).
+--out results/paper/budget.csv`` (or ``snakemake results/paper/budget.csv --config scale=paper``).
 
 How a job is estimated (docs/benchmarks.md has the numbers):
 

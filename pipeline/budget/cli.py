@@ -1,4 +1,4 @@
-"""``python -m pipeline.budget``: estimate the budget of a scale and write results/budget.csv.
+"""``python -m pipeline.budget``: estimate the budget of a scale and write results/<scale>/budget.csv.
 
 ``--config-json`` is what the Snakemake rule (workflow/rules/budget.smk) passes: the run's whole merged
 config. Without it the config is :func:`load_scale_config` of ``--scale`` (+ ``--config-file``).
@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.budget.estimate import estimate_budget
 from pipeline.budget.rows import calibration_table, summary_table, write_budget_csv
 from pipeline.budget.throughput import THROUGHPUT_FILE, load_throughput
+from pipeline.paths import at_scale
 
 
 def load_scale_config(scale: str, extra: Sequence[str | Path] = ()) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     """The CLI's flags (``prog`` stays ``python -m pipeline.budget``)."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.budget",
-        description="Estimated GPU-hours per job, figure and table (results/budget.csv).")
+        description="Estimated GPU-hours per job, figure and table (results/<scale>/budget.csv).")
     parser.add_argument("--scale", default="paper", help="mini, smoke or paper (default: paper)")
     parser.add_argument("--config-json", help="the whole merged config as JSON (the Snakemake rule passes "
                                               "its config; replaces --scale and --config-file)")
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="benchmark file (benchmarks/results/<host>.json) with measured rates")
     parser.add_argument("--table", default=str(THROUGHPUT_FILE),
                         help="throughput table (config/throughput.yaml)")
-    parser.add_argument("--out", default="results/budget.csv")
+    parser.add_argument("--out", help="the CSV (default: results/<scale>/budget.csv)")
     parser.add_argument("--explain", action="store_true", help="print the calibration and checks")
     return parser
 
@@ -56,11 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = json.loads(args.config_json) if args.config_json else load_scale_config(args.scale,
                                                                                         args.config_file)
     registry, grid = load_registry(config)
+    out = args.out or at_scale("results/budget.csv", registry.scale)
     tp = load_throughput(args.table, args.throughput)
     budget = estimate_budget(registry, grid, config, tp, gpu=args.gpu, cpu=args.cpu)
-    rows = write_budget_csv(budget, args.out)
+    rows = write_budget_csv(budget, out)
     if args.explain:
         print(calibration_table(tp))
     print(summary_table(budget, rows))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0

@@ -1,5 +1,5 @@
 """Rows and files of the budget: one row per job, totals per job kind, per experiment and overall; the CSV
-(results/budget.csv) and the plain-text tables the CLI prints."""
+(results/<scale>/budget.csv) and the plain-text tables the CLI prints."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _total_row(row: str, experiment: str, kind: str, members: Sequence[Job], not
 
 def write_budget_csv(budget: BudgetEstimate, path: str | Path,
                      config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Write results/budget.csv (first line: provenance) and return its rows."""
+    """Write results/<scale>/budget.csv (first line: provenance) and return its rows."""
     from core.io import atomic_write_csv, provenance
 
     rows = budget_rows(budget)

@@ -1,8 +1,8 @@
 """Figure 3: SNR PDFs (Eq. 7) of the four schedules for a low, a high and the best-FID data std.
 
     python -m pipeline.figures.fig3 --config config/figures/fig3.yaml \\
-        [--best-std-results results/fig2.csv] --fig-dir paper_figures \\
-        --csv results/fig3.csv --summary results/fig3_summary.json
+        [--best-std-results results/mini/fig2.csv] --fig-dir paper_figures/mini \\
+        --csv results/mini/fig3.csv --summary results/mini/fig3_summary.json
 
 Writes ``<fig-dir>/<view>.pdf`` and ``.png`` for every view of the config (``fig3``: uniform sampling as in
 the paper; ``fig3_lognorm``: the lognorm(0, 1) variant of Figs. 4-5), the curves in long format

@@ -65,7 +65,7 @@ def stage_resources(stage, run_id=None):
 
     A multi-node stage (``nodes`` > 1) goes through the SLURM executor's MPI path: the job step runs the rule's
     shell on the first node, whose ``srun`` starts one torchrun agent per node (:func:`launcher`); sbatch asks
-    for ``--nodes N --ntasks N --ntasks-per-node 1`` and ``--gres gpu:G`` per node (G = ``gpu``, per node)."""
+    for ``--nodes N --ntasks N`` (one task per node) and ``--gres gpu:G`` per node (G = ``gpu``, per node)."""
     defaults = {"gpu": 0, "nodes": 1, "cpus_per_task": 1, "mem_mb": 2000, "runtime": "30m"}
 
     def one(key):
@@ -77,7 +77,7 @@ def stage_resources(stage, run_id=None):
     if stage_nodes(stage) > 1:
         per_node = resources.pop("gpu")
         resources.update(gpu=0, gres=lambda wildcards, attempt=1: f"gpu:{per_node(wildcards)}", mpi="srun",
-                         tasks=resources["nodes"], tasks_per_gpu=0, slurm_extra="--ntasks-per-node=1")
+                         tasks=resources["nodes"], tasks_per_gpu=0)
     return resources
 
 

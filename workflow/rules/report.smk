@@ -61,9 +61,12 @@ ALL_TARGETS.append(in_scale("results/audit.csv"))
 
 
 # Training throughput per run (it/s, images/s per device, MFU, peak memory) from the runs' train.jsonl, shown in
-# the report: the same numbers the job logs print. Inputs: each trained run's last milestone (its log is then
+# the report: the same numbers the job logs print. Runs: those `all` trains anyway (the figures, tables, the
+# audit's alternative readings and the sample grid); inputs: each one's last milestone (its log is then
 # complete; the log folders themselves are undeclared outputs of train_segment).
-TRAINED_RUNS = sorted(run for run in REG.runs if REG.is_trained(run))
+TRAINED_RUNS = sorted(
+    {c.run_id for name in FIGURES + TABLES + tuple(config.get("audit_alternatives") or ()) for c in REG.cells[name]
+     if REG.is_trained(c.run_id)} | {GRID["run_id"]})
 
 
 rule training_summary:
