@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from functools import cache
 
 ROOTS = ("work", "results", "paper_figures")   # the top-level folders a scale's outputs live under
 
@@ -72,3 +73,9 @@ class ScalePaths:
     def at(self, relative: str) -> str:
         """Any other file of the scale: :func:`at_scale` of ``relative``."""
         return at_scale(relative, self.scale)
+
+
+@cache
+def paths_for(scale: str) -> ScalePaths:
+    """The (shared) path table of ``scale``: what cells and the registry call per file."""
+    return ScalePaths(scale)

@@ -23,7 +23,7 @@ from core.io import config_hash
 from models.families import reference_time_input
 from pipeline import config as config_files
 from pipeline.config import EXPERIMENTS_FILE
-from pipeline.paths import ScalePaths, at_scale
+from pipeline.paths import at_scale, paths_for
 from pipeline.presets import PRESETS, STAND_IN
 from pipeline.run_defaults import RUN_DEFAULTS
 
@@ -58,15 +58,15 @@ class Cell:
     @property
     def target(self) -> str:
         """The cell's JSON (all seeds of the cell in one file)."""
-        return ScalePaths(self.scale)("cell", experiment=self.experiment, cell=self.id)
+        return paths_for(self.scale)("cell", experiment=self.experiment, cell=self.id)
 
     @property
     def metrics_path(self) -> str:
-        return ScalePaths(self.scale)("metrics", run=self.run_id, step=self.step, tag=self.sample_tag)
+        return paths_for(self.scale)("metrics", run=self.run_id, step=self.step, tag=self.sample_tag)
 
     @property
     def samples_path(self) -> str:
-        return ScalePaths(self.scale)("samples", run=self.run_id, step=self.step, tag=self.sample_tag)
+        return paths_for(self.scale)("samples", run=self.run_id, step=self.step, tag=self.sample_tag)
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Registry:
         """The checkpoint a run's sample sets read: its milestone, or for an imported run the harness checkpoint
         made from the published file (``work/<scale>/imported/<run>/step<N>.pt``)."""
         kind = "imported_checkpoint" if run_id in self.imported else "checkpoint"
-        return ScalePaths(self.scale)(kind, run=run_id, step=step)
+        return paths_for(self.scale)(kind, run=run_id, step=step)
 
     def previous_milestone(self, run_id: str, step: int) -> int | None:
         """The milestone a segment ending at ``step`` starts from (None for the first segment)."""

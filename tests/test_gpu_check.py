@@ -27,13 +27,15 @@ def test_without_a_gpu_the_check_says_so_and_measures_nothing(tmp_path):
 
 
 def test_the_targets_are_statements_about_the_measured_numbers():
-    fast, slow = {"it_s": 3.3, "mfu": 0.45}, {"it_s": 1.0}
+    fast, slow = {"it_s": 3.3, "mfu": 0.45, "peak_device": "H100-SXM5"}, {"it_s": 1.0}
     assert verdicts(fast, slow, "NVIDIA H100 80GB HBM3") == {
         "ratio": 3.3, "ratio_target": TARGET_RATIO, "ratio_verdict": "meets", "mfu_verdict": "meets",
         "mfu_target": 0.4}
-    assert verdicts({"it_s": 2.0, "mfu": 0.3}, slow, "NVIDIA H100")["mfu_verdict"] == "misses"
+    low = {"it_s": 2.0, "mfu": 0.3, "peak_device": "H100-SXM5"}
+    assert verdicts(low, slow, "NVIDIA H100")["mfu_verdict"] == "misses"
     assert verdicts({"it_s": 2.0, "mfu": 0.3}, slow, "NVIDIA H100")["ratio_verdict"] == "misses"
-    assert verdicts(fast, slow, "NVIDIA A100-SXM4-80GB")["mfu_verdict"].startswith("not judged")
+    assert verdicts({**fast, "peak_device": "A100-SXM4-80GB"}, slow, "NVIDIA A100-SXM4-80GB")["mfu_verdict"].startswith(
+        "not judged")
     assert verdicts(fast, slow, None)["ratio_verdict"] == "not judged (not a GPU)"
 
 
