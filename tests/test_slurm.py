@@ -357,11 +357,12 @@ def test_smoke_scale_training_sbatch_line_has_no_gpu(tmp_path: Path) -> None:
 # the harness's own workflow
 
 
-def real_preview(tmp_path: Path, *args: str) -> list[dict]:
+def real_preview(tmp_path: Path, *args: str, attempt: int = 1) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, str(PREVIEW), "results/paper/table1.csv", "--snakefile", str(REPO / "Snakefile"),
          "--directory", str(tmp_path), "--workflow-profile", "none", "--profile", "slurm", *args],
-        cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=180,
+        cwd=REPO, env={**snakemake_env(), "FASTERDIT_PREVIEW_ATTEMPT": str(attempt)}, capture_output=True,
+        text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -380,8 +381,24 @@ def test_harness_paper_scale_sbatch_lines(tmp_path: Path) -> None:
         assert job["srun"].startswith("srun -n1 ") and "--gpus=8" in job["srun"]
     flags = train[0]["sbatch"].split()
     assert "--cpus-per-task=64" in flags and flags[flags.index("--mem") + 1] == "480000"
-    assert flags[flags.index("-t") + 1] == "2880"                   # 48 h per 50k-step segment
+    assert flags[flags.index("-t") + 1] == "960"                    # 16 h per 50k-step segment
     assert not [j for j in jobs if j["rule"] in ("cell", "table1")]  # light rules stay on the head node
+
+
+def test_harness_runtime_requests_grow_with_the_retry_attempt(tmp_path: Path) -> None:
+    """Issue 20 item 4: a resubmitted job (Snakemake's `attempt`, `retries: 2` in the profile) asks SLURM for
+    attempt × the configured time, at most the stage's max_runtime: a 16 h training segment's retries ask for
+    32 h, then 48 h (its cap); so do a 16 h sampling job's."""
+    def limits(attempt: int) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for job in real_preview(tmp_path / str(attempt), "--config", "scale=paper", attempt=attempt):
+            flags = job["sbatch"].split()
+            found.setdefault(job["rule"], set()).add(flags[flags.index("-t") + 1])
+        return found
+
+    second, third = limits(2), limits(3)
+    assert (second["train_segment"], third["train_segment"]) == ({"1920"}, {"2880"})
+    assert (second["sample"], third["sample"]) == ({"1920"}, {"2880"})
 
 
 def test_harness_two_node_training_sbatch_and_srun_lines(tmp_path: Path) -> None:

@@ -9,9 +9,12 @@ How a job is estimated (docs/benchmarks.md has the numbers):
   the meta device and run once under ``torch.utils.flop_counter.FlopCounterMode`` (nothing is allocated;
   DiT-XL/2 gives 118.6 G multiply-adds at 256 px, the DiT paper's "118.6 Gflops"). A training step costs
   ``3 × forward`` per image (backward = 2 × forward, checked with the counter for all paper networks).
-* Time = FLOPs / (devices × peak[precision] × utilisation[precision]) (+ a per-step overhead on CPUs).
-  Peaks are vendor figures (``config/throughput.yaml``); utilisations are *derived* from published
-  DiT-XL/2 training throughputs (DiT issue #22, fast-DiT), see :func:`calibration_points`.
+* A training step on GPUs is compute + exposed DDP all-reduce + optimizer/EMA passes (+ SD-VAE encoding when
+  a calibration source encoded on the fly), :mod:`~pipeline.budget.step_model`: compute = FLOPs / (peak ×
+  utilisation), the utilisation falling with fewer tokens per GPU; its five parameters are fitted to
+  published DiT-XL/2 training throughputs (DiT issue #22, fast-DiT) and checked against held-out ones
+  (``python -m pipeline.budget --validate``). Sampling and scoring: FLOPs / (peak × the fitted utilisation).
+  Peaks and bandwidths are vendor or typical figures (``config/throughput.yaml``).
 * A benchmark file (``python -m benchmarks.run_all``) adds the machine it ran on as a device, with its
   measured matmul peak and utilisation, and exact per-configuration training and sampling rates that take
   precedence over the FLOP model.
@@ -25,9 +28,10 @@ the *standalone* cost (every job it needs, as if only that target were asked for
 cost (each shared job split equally among the experiments that need it; attributed costs add up to the
 grand total), plus the critical path (the longest latents → segments → sample chain).
 
-Modules: :mod:`~pipeline.budget.flops` (FLOP counting on the meta device), :mod:`~pipeline.budget.throughput`
-(devices, calibration, measured rates), :mod:`~pipeline.budget.estimate` (the jobs and their estimates),
-:mod:`~pipeline.budget.rows` (CSV rows and text tables), :mod:`~pipeline.budget.cli` (``main``). Everything
+Modules: :mod:`~pipeline.budget.flops` (FLOP counting on the meta device), :mod:`~pipeline.budget.step_model`
+(the fitted training-step model), :mod:`~pipeline.budget.throughput` (devices, calibration, measured
+rates), :mod:`~pipeline.budget.estimate` (the jobs and their estimates), :mod:`~pipeline.budget.rows` (CSV
+rows and text tables), :mod:`~pipeline.budget.cli` (``main``). Everything
 public is re-exported here.
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.budget.estimate import estimate_budget
-from pipeline.budget.rows import calibration_table, summary_table, write_budget_csv
+from pipeline.budget.rows import calibration_table, summary_table, validation_markdown, write_budget_csv
 from pipeline.budget.throughput import THROUGHPUT_FILE, load_throughput
 from pipeline.paths import at_scale
 
@@ -45,13 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", default=str(THROUGHPUT_FILE),
                         help="throughput table (config/throughput.yaml)")
     parser.add_argument("--out", help="the CSV (default: results/<scale>/budget.csv)")
-    parser.add_argument("--explain", action="store_true", help="print the calibration and checks")
+    parser.add_argument("--explain", action="store_true", help="print the fitted step model and its validation")
+    parser.add_argument("--validate", action="store_true",
+                        help="print only the validation table (markdown, as in docs/benchmarks.md) and exit")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Estimate, write the CSV, print the totals (and with ``--explain`` the calibration); returns 0."""
     args = _parser().parse_args(argv)
+    if args.validate:
+        print(validation_markdown(load_throughput(args.table, args.throughput)))
+        return 0
     from pipeline.registry import load_registry
 
     config = json.loads(args.config_json) if args.config_json else load_scale_config(args.scale,

@@ -21,6 +21,7 @@ from pipeline.budget.flops import (
     train_flops_per_image,
     vae_flops,
 )
+from pipeline.budget.step_model import StepSetting, step_time, tokens_per_image
 from pipeline.budget.throughput import THROUGHPUT_FILE, Device, Throughput
 from pipeline.paths import ScalePaths
 
@@ -44,6 +45,7 @@ class Job:
     nfe: float | None = None
     cfg: float | None = None
     gpus: int = 0
+    nodes: int = 1
     device: str = ""
     precision: str = ""
     flops: float = 0.0
@@ -61,12 +63,12 @@ class Job:
     @property
     def device_hours(self) -> float:
         """Hours × devices (a CPU job counts as one device)."""
-        return self.hours * max(self.gpus, 1)
+        return self.hours * max(self.gpus * self.nodes, 1)
 
     @property
     def gpu_hours(self) -> float:
-        """Hours × GPUs."""
-        return self.hours * self.gpus
+        """Hours × GPUs (on every node)."""
+        return self.hours * self.gpus * self.nodes
 
 
 @dataclass
@@ -103,8 +105,13 @@ class BudgetEstimate:
 
 
 def _stage_gpus(protocol: Mapping[str, Any], stage: str) -> int:
-    """GPUs a protocol's stage asks for (0: a CPU job)."""
+    """GPUs per node a protocol's stage asks for (0: a CPU job)."""
     return int(protocol.get("resources", {}).get(stage, {}).get("gpu", 0))
+
+
+def _stage_nodes(protocol: Mapping[str, Any], stage: str) -> int:
+    """Nodes a protocol's stage runs on."""
+    return max(int(protocol.get("resources", {}).get(stage, {}).get("nodes", 1)), 1)
 
 
 def _train_images(scale_cfg: Mapping[str, Any], protocol: Mapping[str, Any],
@@ -148,9 +155,11 @@ class _Estimator:
         """The GPU type for jobs that ask for GPUs, else the CPU."""
         return self.gpu if gpus > 0 else self.cpu
 
-    def _flop_time(self, flops: float, device: Device, key: str, processes: int) -> tuple[float, str]:
-        """(seconds, source) of ``flops`` spread over ``processes`` devices at peak × utilisation."""
-        util, source = self.tp.utilisation(device, key)
+    def _flop_time(self, flops: float, device: Device, key: str, processes: int,
+                   tokens_per_gpu: float | None = None) -> tuple[float, str]:
+        """(seconds, source) of ``flops`` spread over ``processes`` devices at peak × utilisation
+        (``tokens_per_gpu``: a transformer's tokens per call and device; ``None``: convolutions)."""
+        util, source = self.tp.utilisation(device, key, tokens_per_gpu)
         seconds = flops / (processes * device.peak(key) * util)
         peak = device.peak(key) / 1e12
         return seconds, f"{device.name} {key} peak {peak:g} TFLOP/s x {util:.3f} ({source})"
@@ -158,7 +167,7 @@ class _Estimator:
     def train(self, job: Job, protocol: Mapping[str, Any], run: Mapping[str, Any]) -> None:
         """A training segment: a measured rate for this configuration if any, else the FLOP model."""
         device = self.device(job.gpus)
-        processes = max(job.gpus, 1)
+        processes = max(job.gpus * job.nodes, 1)
         key = device.precision_key(run["precision"], bool(run.get("tf32", False)))
         steps = int(job.step_to) - int(job.step_from or 0)
         batch = int(run["global_batch"])
@@ -172,18 +181,32 @@ class _Estimator:
             job.method = "measured"
             job.source = f"{self.tp.measured_source}: {float(measured['it_s']):.4g} it/s"
             return
-        seconds, source = self._flop_time(job.flops, device, key, processes)
-        job.seconds = seconds + steps * device.step_overhead_s
-        job.method = "flop-model"
-        if device.step_overhead_s:
-            source += f" + {device.step_overhead_s:g} s/step overhead"
-        job.source = source
+        if device.kind != "gpu":
+            seconds, source = self._flop_time(job.flops, device, key, processes)
+            job.seconds = seconds + steps * device.step_overhead_s
+            job.method = "flop-model"
+            if device.step_overhead_s:
+                source += f" + {device.step_overhead_s:g} s/step overhead"
+            job.source = source
+            return
+        setting = StepSetting(network=run["network"], global_batch=batch, gpus_per_node=job.gpus,
+                              nodes=job.nodes, key=key, grad_checkpointing=grad_ckpt,
+                              grad_clip=float(run.get("optimizer", {}).get("grad_clip") or 0) > 0)
+        measured_util = device.utilisation.get(key)
+        parts = step_time(setting, device, self.tp.step_model, measured_util)
+        job.seconds = steps * parts["total"]
+        job.method = "step-model"
+        where = f"utilisation measured on {device.name}" if measured_util is not None else "fitted step model"
+        job.source = (f"{device.name} {key} peak {device.peak(key) / 1e12:g} TFLOP/s x {parts['utilisation']:.3f} "
+                      f"({where}); per step {parts['total'] * 1e3:.0f} ms = compute "
+                      f"{parts['compute'] * 1e3:.0f} + all-reduce {parts['allreduce'] * 1e3:.1f} + optimizer/EMA "
+                      f"{parts['optimizer'] * 1e3:.1f} ms")
 
     def sample(self, job: Job, protocol: Mapping[str, Any], run: Mapping[str, Any],
                sampler: Mapping[str, Any], cfg: float, num: int, score: bool = True) -> None:
         """Sampling on the job's processes, then (``score``) the metrics on rank 0 (as the sample rule)."""
         device = self.device(job.gpus)
-        processes = max(job.gpus, 1)
+        processes = max(job.gpus * job.nodes, 1)
         key = device.precision_key("fp32", tf32=True)   # pipeline.sample: fp32 with TF32 on (its default)
         kind = sampler["kind"]
         if kind == "dopri5":
@@ -195,7 +218,8 @@ class _Estimator:
         autoencoder = self.cfg["autoencoders"][protocol["autoencoder"]]
         decode = vae_flops(int(protocol["resolution"]), "decode") if autoencoder["kind"] == "sd-vae" else 0.0
         job.items, job.nfe, job.cfg, job.device, job.precision = num, nfe, float(cfg), device.name, key
-        job.flops = num * (forwards * network_forward_flops(run["network"]) + decode)
+        network_flops = num * forwards * network_forward_flops(run["network"])
+        job.flops = network_flops + num * decode
         measured = self.tp.find_measured(self.tp.measured_sample, device, run["network"], key)
         if measured is not None:
             rate = float(measured["sample_forwards_per_s"])
@@ -203,9 +227,15 @@ class _Estimator:
             job.method = "measured"
             source = f"sampling: {self.tp.measured_source}: {rate:.4g} sample-forwards/s; {nfe_source}"
         else:
-            job.sampling_seconds, flop_source = self._flop_time(job.flops, device, key, processes)
+            tokens = tokens_per_image(run["network"])
+            rows = int(protocol.get("sample_micro_batch", 32))   # rows per network call, guidance included
+            network_s, flop_source = self._flop_time(network_flops, device, key, processes,
+                                                     None if tokens is None else rows * tokens)
+            decode_s = self._flop_time(num * decode, device, key, processes)[0] if decode else 0.0
+            job.sampling_seconds = network_s + decode_s
             job.method = "flop-model"
-            source = f"sampling: {flop_source}; {nfe_source}" + ("; + SD-VAE decode" if decode else "")
+            source = f"sampling: {flop_source}; {nfe_source}" + (
+                f"; + SD-VAE decode {decode_s / 3600:.2f} h (convolutions)" if decode else "")
         if score:
             job.scoring_seconds, scoring_flops, scoring_source = self._scoring(protocol, num, device)
             job.flops += scoring_flops
@@ -223,8 +253,11 @@ class _Estimator:
             per_image, dims = inception_flops(resolution), inception_feature_dims(resolution)
         else:
             per_image, dims = digits_classifier_flops(), digits_feature_dims()
-        flops = (num + ref_images) * per_image + precision_recall_flops(num, ref_images, dims["pool"])
-        seconds, source = self._flop_time(flops, device, key, 1)
+        features = (num + ref_images) * per_image
+        distances = precision_recall_flops(num, ref_images, dims["pool"])
+        flops = features + distances
+        seconds, source = self._flop_time(features, device, key, 1)             # convolutions
+        seconds += self._flop_time(distances, device, key, 1, float("inf"))[0]   # matrix products
         host = self.tp.assumptions.get("metrics_host", {})
         fd_2048 = float(host.get("frechet_seconds_2048", 0.0))
         stats_2048 = float(host.get("stats_seconds_per_10k_2048", 0.0))
@@ -239,7 +272,7 @@ class _Estimator:
     def latents(self, job: Job, protocol: Mapping[str, Any]) -> None:
         """Encoding a latent folder: SD-VAE encoder FLOPs, or the identity autoencoder's measured rate."""
         device = self.device(job.gpus)
-        processes = max(job.gpus, 1)
+        processes = max(job.gpus * job.nodes, 1)
         images, image_source = _train_images(self.cfg, protocol, self.tp)
         items = images * (2 if protocol["flip"] else 1)
         autoencoder = self.cfg["autoencoders"][protocol["autoencoder"]]
@@ -284,7 +317,7 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
         if key not in jobs:
             protocol = registry.protocols[pname]
             job = Job("latents", key, pname, None, protocol["autoencoder"],
-                      gpus=_stage_gpus(protocol, "latents"))
+                      gpus=_stage_gpus(protocol, "latents"), nodes=_stage_nodes(protocol, "latents"))
             est.latents(job, protocol)
             jobs[key] = job
         return key
@@ -301,7 +334,7 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
             if key not in jobs:
                 job = Job("train", key, pname, run_id, run["network"]["name"],
                           step_from=registry.previous_milestone(run_id, stop) or 0, step_to=stop,
-                          gpus=_stage_gpus(protocol, "train"))
+                          gpus=_stage_gpus(protocol, "train"), nodes=_stage_nodes(protocol, "train"))
                 est.train(job, protocol, run)
                 jobs[key] = job
             keys.append(key)
@@ -315,7 +348,8 @@ def estimate_budget(registry: Any, grid: Mapping[str, Any] | None, scale_cfg: Ma
             protocol = registry.protocols[pname]
             gpus = _stage_gpus(protocol, "sample")
             job = Job("sample", key, pname, run_id, run["network"]["name"], step_to=step,
-                      gpus=min(gpus, 1) if one_process else gpus)
+                      gpus=min(gpus, 1) if one_process else gpus,
+                      nodes=1 if one_process else _stage_nodes(protocol, "sample"))
             est.sample(job, protocol, run, sampler, cfg, num, score)
             jobs[key] = job
         return key

@@ -58,6 +58,22 @@ def _network_forward_flops(spec_json: str) -> float:
     return float(count_forward_flops(net, x, t, y))
 
 
+@cache
+def _network_parameters(spec_json: str) -> int:
+    import torch
+
+    from pipeline.runconfig import build_network
+
+    with torch.device("meta"):
+        net = build_network(json.loads(spec_json))
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def network_parameters(spec: Mapping[str, Any]) -> int:
+    """Trainable parameters of the network of a run config's ``network`` block (built on the meta device)."""
+    return _network_parameters(_spec_key(spec))
+
+
 def network_forward_flops(spec: Mapping[str, Any]) -> float:
     """FLOPs of one forward pass of one image through the network of a run config's ``network`` block."""
     return _network_forward_flops(_spec_key(spec))

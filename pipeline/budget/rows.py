@@ -13,7 +13,7 @@ from pipeline.budget.throughput import Throughput
 
 COLUMNS = [
     "row", "experiment", "kind", "job", "run", "protocol", "network", "device", "precision", "step_from",
-    "step_to", "items", "nfe", "cfg", "gpus", "tflop", "sampling_hours", "scoring_hours", "est_hours_wall",
+    "step_to", "items", "nfe", "cfg", "gpus", "nodes", "tflop", "sampling_hours", "scoring_hours", "est_hours_wall",
     "est_gpu_hours", "est_device_hours",
     "attributed_device_hours", "critical_path_hours", "shared_by", "method", "source",
 ]
@@ -32,7 +32,8 @@ def budget_rows(budget: BudgetEstimate) -> list[dict[str, Any]]:
             "step_from": "" if job.step_from is None else job.step_from,
             "step_to": "" if job.step_to is None else job.step_to, "items": job.items,
             "nfe": "" if job.nfe is None else job.nfe, "cfg": "" if job.cfg is None else job.cfg,
-            "gpus": job.gpus, "tflop": job.flops / 1e12, "sampling_hours": job.sampling_seconds / 3600,
+            "gpus": job.gpus, "nodes": job.nodes, "tflop": job.flops / 1e12,
+            "sampling_hours": job.sampling_seconds / 3600,
             "scoring_hours": job.scoring_seconds / 3600, "est_hours_wall": job.hours,
             "est_gpu_hours": job.gpu_hours, "est_device_hours": job.device_hours,
             "attributed_device_hours": job.device_hours / max(len(users), 1), "critical_path_hours": "",
@@ -77,9 +78,11 @@ def write_budget_csv(budget: BudgetEstimate, path: str | Path,
     from core.io import atomic_write_csv, provenance
 
     rows = budget_rows(budget)
-    utilisation = {k: v[0] for k, v in budget.throughput.derived_utilisation.items()}
+    model = budget.throughput.step_model
+    fitted = {**{f"u_{k}": round(v, 6) for k, v in model.utilisation.items()}, "alpha": round(model.alpha, 6),
+              "u_conv": round(model.conv_utilisation, 6), "min_tokens": model.min_tokens}
     settings = {"scale": budget.scale, "gpu_device": budget.gpu_device, "cpu_device": budget.cpu_device,
-                "throughput": [portable_path(s) for s in budget.throughput.sources], "derived_utilisation": utilisation,
+                "throughput": [portable_path(s) for s in budget.throughput.sources], "step_model": fitted,
                 **(dict(config) if config else {})}
     prov = provenance(config=settings, seed=None)
     atomic_write_csv(path, rows, COLUMNS, prov)
@@ -110,17 +113,45 @@ def summary_table(budget: BudgetEstimate, rows: Sequence[Mapping[str, Any]] | No
 
 
 def calibration_table(tp: Throughput) -> str:
-    """The calibration points, derived utilisations and the checks as plain text (``--explain``)."""
-    lines = ["calibration (published DiT-XL/2 training throughputs):"]
-    for p in tp.calibration_points():
-        lines.append(f"  {p['id']:<30} {p['precision']:<5} {p['gpus']}x {p['device']}: {p['it_s']:g} it/s x "
-                     f"{p['step_tflop']:.1f} TFLOP/step = {p['achieved_tflops_per_gpu']:.1f} TFLOP/s per "
-                     f"GPU = "
-                     f"{p['utilisation']:.3f} of {p['peak_tflops']:g}")
-    for key, (value, source) in sorted(tp.derived_utilisation.items()):
-        lines.append(f"  utilisation[{key}] = {value:.3f} ({source})")
-    for c in tp.check_predictions():
-        lines.append(f"check {c['id']}: predicted {c['predicted_hours']:.1f} h, reported "
-                     f"{c['reported_hours']:g} h "
-                     f"(ratio {c['ratio']:.2f})")
+    """The fitted step model and its validation as plain text (``--explain``)."""
+    model = tp.step_model
+    lines = ["step model fitted to the published DiT-XL/2 training throughputs (config/throughput.yaml):",
+             "  " + ", ".join(f"u_{k} {v:.3f}" for k, v in model.utilisation.items())
+             + f" at >= {model.reference_tokens:,.0f} tokens per GPU; alpha {model.alpha:.3f} (tf32/bf16); "
+               f"u_conv {model.conv_utilisation:.3f}; fit residual rms {model.residual_rms:.3f} (log time)"]
+    for row in tp.validation():
+        if row["ratio"] is None:
+            lines.append(f"  {row['id']:<28} {row['role']:<8} ({row['note']})")
+            continue
+        lines.append(f"  {row['id']:<28} {row['role']:<8} published {row['published']:,.4g} {row['unit']}, "
+                     f"predicted {row['predicted']:,.4g}: time ratio {row['ratio']:.2f} "
+                     f"(alpha = 0: {row['flat_ratio']:.2f})")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def validation_markdown(tp: Throughput) -> str:
+    """The validation table of docs/benchmarks.md: predicted ÷ published time for every source, under the
+    fitted model and under the same fit with alpha held at 0."""
+    model, flat = tp.step_model, tp.flat_step_model
+    lines = ["| source | role | setting | published | predicted | predicted ÷ published time | same, alpha = 0 | "
+             "note |", "|---|---|---|---|---|---|---|---|"]
+    for row in tp.validation():
+        setting = f"{row['gpus']}× {row['device']}, {row['precision']}" if row["device"] else ""
+        if row["ratio"] is None:
+            lines.append(f"| {row['id']} | {row['role']} | {setting} | | | | | {row['note']} |")
+            continue
+        digits = 2 if row["unit"] == "it/s" else 1 if row["unit"] == "h" else 0
+        lines.append(f"| {row['id']} | {row['role']} | {setting} | {row['published']:,.{digits}f} {row['unit']} | "
+                     f"{row['predicted']:,.{digits}f} {row['unit']} | {row['ratio']:.2f} | {_fmt(row['flat_ratio'])} | "
+                     f"{row['note']} |")
+    lines.append("")
+    lines.append("Fitted: " + ", ".join(f"u_{k} = {v:.3f}" for k, v in model.utilisation.items())
+                 + f" (at ≥ {model.reference_tokens:,.0f} tokens per GPU), alpha = {model.alpha:.3f}, "
+                   f"u_conv = {model.conv_utilisation:.3f}; residual rms {model.residual_rms:.3f} (log step time). "
+                   f"With alpha held at 0: " + ", ".join(f"u_{k} = {v:.3f}" for k, v in flat.utilisation.items())
+                 + f", u_conv = {flat.conv_utilisation:.3f}; residual rms {flat.residual_rms:.3f}.")
     return "\n".join(lines)

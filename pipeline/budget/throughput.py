@@ -1,24 +1,24 @@
-"""Devices, the published calibration points and measured rates: config/throughput.yaml plus an optional
-benchmark file (``python -m benchmarks.run_all``).
+"""Devices, the published throughputs the step model is fitted to, and measured rates: config/throughput.yaml
+plus an optional benchmark file (``python -m benchmarks.run_all``).
 
-Time = FLOPs / (devices × peak[precision] × utilisation[precision]). Peaks are vendor figures; utilisations
-are derived from published DiT-XL/2 training throughputs (:meth:`Throughput.calibration_points`) unless a
-benchmark file measured them on its device.
+Time = FLOPs / (devices × peak[precision] × utilisation) (+ the per-step costs of
+:mod:`pipeline.budget.step_model` for training on GPUs). Peaks are vendor figures; utilisations are fitted to
+published DiT-XL/2 training throughputs (:attr:`Throughput.step_model`) unless a benchmark file measured them
+on its device.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.budget.flops import train_flops_per_image, vae_flops
+from pipeline.budget.step_model import StepModel, fit_step_model, published_and_predicted, time_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
 THROUGHPUT_FILE = ROOT / "config" / "throughput.yaml"
@@ -33,6 +33,8 @@ class Device:
     peak_tflops: dict[str, float]
     utilisation: dict[str, float] = field(default_factory=dict)
     step_overhead_s: float = 0.0
+    memory_gbps: float = 0.0          # memory bandwidth (optimizer and EMA passes); 0: not modelled
+    allreduce_gbps: float = 0.0       # NCCL all-reduce bus bandwidth between the GPUs of one node
 
     def precision_key(self, precision: str, tf32: bool) -> str:
         """``bf16``; fp32 runs use ``tf32`` on a GPU that has it when TF32 is on, else ``fp32``."""
@@ -54,15 +56,9 @@ def _device(name: str, entry: Mapping[str, Any]) -> Device:
     return Device(name=name, kind=str(entry.get("kind", "gpu")),
                   peak_tflops={k: float(v) for k, v in entry["peak_tflops"].items()},
                   utilisation={k: float(v) for k, v in (entry.get("utilisation") or {}).items()},
-                  step_overhead_s=float(entry.get("step_overhead_s", 0.0)))
-
-
-def _calibration_step_flops(entry: Mapping[str, Any]) -> float:
-    """FLOPs of one training step of a calibration or check entry (SD-VAE encoding included if on the fly)."""
-    per_image = train_flops_per_image(entry["network"], bool(entry.get("grad_checkpointing", False)))
-    if entry.get("vae_encode_resolution"):
-        per_image += vae_flops(int(entry["vae_encode_resolution"]), "encode")
-    return float(entry["global_batch"]) * per_image
+                  step_overhead_s=float(entry.get("step_overhead_s", 0.0)),
+                  memory_gbps=float(entry.get("memory_gbps", 0.0)),
+                  allreduce_gbps=float(entry.get("allreduce_gbps", 0.0)))
 
 
 def _network_identity(spec: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -73,8 +69,8 @@ def _network_identity(spec: Mapping[str, Any]) -> tuple[Any, ...]:
 
 @dataclass
 class Throughput:
-    """Devices, the published calibration points and assumptions (config/throughput.yaml), plus an optional
-    benchmark file's measured device and exact rates."""
+    """Devices, the published throughputs (calibration, checks) and assumptions (config/throughput.yaml), plus
+    an optional benchmark file's measured device and exact rates."""
 
     devices: dict[str, Device]
     default_device: str
@@ -87,55 +83,57 @@ class Throughput:
     measured_source: str | None = None
     sources: list[str] = field(default_factory=list)
 
-    def calibration_points(self) -> list[dict[str, Any]]:
-        """Each published throughput turned into achieved FLOP/s per GPU and utilisation of the peak."""
-        points = []
-        for entry in self.calibration:
-            device = self.devices[entry["device"]]
-            step_flops = _calibration_step_flops(entry)
-            achieved = float(entry["it_s"]) * step_flops / int(entry["gpus"])
-            peak = device.peak(entry["precision"])
-            points.append({"id": entry["id"], "precision": entry["precision"], "device": device.name,
-                           "gpus": int(entry["gpus"]), "it_s": float(entry["it_s"]),
-                           "step_tflop": step_flops / 1e12, "achieved_tflops_per_gpu": achieved / 1e12,
-                           "peak_tflops": peak / 1e12, "utilisation": achieved / peak,
-                           "source": entry["source"]})
-        return points
-
     @cached_property
-    def derived_utilisation(self) -> dict[str, tuple[float, str]]:
-        """Utilisation per precision: geometric mean of the calibration points of that precision.
+    def step_model(self) -> StepModel:
+        """The training-step model fitted to the ``calibration`` entries (pipeline.budget.step_model).
 
-        Computed once per table (it counts the FLOPs of the calibration networks).
-        """
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for point in self.calibration_points():
-            groups.setdefault(point["precision"], []).append(point)
-        return {key: (math.exp(sum(math.log(p["utilisation"]) for p in pts) / len(pts)),
-                      "derived from " + ", ".join(p["id"] for p in pts))
-                for key, pts in groups.items()}
+        Computed once per table (it counts the FLOPs of the calibration networks)."""
+        return fit_step_model(self.calibration, self.devices, self.assumptions.get("step_model", {}))
 
-    def utilisation(self, device: Device, key: str) -> tuple[float, str]:
-        """(utilisation, where it comes from) for a device and precision key."""
+    def utilisation(self, device: Device, key: str, tokens_per_gpu: float | None = None) -> tuple[float, str]:
+        """(utilisation, where it comes from) for a device, precision key and tokens per GPU (``None``: a
+        convolution network)."""
         if key in device.utilisation:
             return device.utilisation[key], f"utilisation measured on {device.name}"
-        if key in self.derived_utilisation:
-            return self.derived_utilisation[key]
-        raise KeyError(f"no utilisation for {key} on {device.name}: add a calibration entry or a measured "
-                       f"file")
+        model = self.step_model
+        if key not in model.utilisation:
+            raise KeyError(f"no utilisation for {key} on {device.name}: add a calibration entry or a measured "
+                           f"file")
+        where = "convolutions" if tokens_per_gpu is None else f"{tokens_per_gpu:,.0f} tokens per GPU"
+        return (model.compute_utilisation(key, tokens_per_gpu),
+                f"fitted step model, {where}")
 
-    def check_predictions(self) -> list[dict[str, Any]]:
-        """Published end-to-end figures versus what this model predicts for them."""
+    @cached_property
+    def flat_step_model(self) -> StepModel:
+        """The same fit with the token exponent held at 0 (no penalty for few tokens per GPU): the optimistic
+        reading the data cannot rule out, shown beside the default in the validation and the budget range."""
+        return self.variant(alpha=0.0).step_model
+
+    def variant(self, **step_model: float) -> Throughput:
+        """This table with ``assumptions.step_model`` updated (e.g. ``alpha=0`` or ``min_tokens=0``): refitted."""
+        assumptions = {**self.assumptions, "step_model": {**self.assumptions.get("step_model", {}), **step_model}}
+        return replace(self, assumptions=assumptions)
+
+    def validation(self) -> list[dict[str, Any]]:
+        """Predicted against published for every source: the fitted entries, the held-out checks (each with
+        the ratio under :attr:`flat_step_model` too), and the sources not used."""
         rows = []
-        for entry in self.checks:
-            device = self.devices[entry["device"]]
-            util, _ = self.utilisation(device, entry["precision"])
-            capacity = int(entry["gpus"]) * device.peak(entry["precision"]) * util
-            step_s = _calibration_step_flops(entry) / capacity
-            predicted = step_s * int(entry["steps"]) / 3600
-            rows.append({"id": entry["id"], "predicted_hours": predicted,
-                         "reported_hours": float(entry["reported_hours"]),
-                         "ratio": predicted / float(entry["reported_hours"]), "source": entry["source"]})
+        for role, entries in (("fit", self.calibration), ("check", self.checks)):
+            for entry in entries:
+                published, predicted, unit = published_and_predicted(entry, self.devices, self.step_model)
+                flat = published_and_predicted(entry, self.devices, self.flat_step_model)
+                rows.append({"id": entry["id"], "role": role, "device": entry["device"], "gpus": int(entry["gpus"]),
+                             "precision": entry["precision"], "unit": unit, "published": published,
+                             "predicted": predicted, "ratio": time_ratio(published, predicted, unit),
+                             "flat_ratio": time_ratio(*flat),
+                             "explained": bool(entry.get("outside_range_explained", False)),
+                             "note": str(entry.get("note", "")).strip(), "source": str(entry["source"]).strip()})
+        for entry in self.assumptions.get("unused_sources", []):
+            rows.append({"id": entry["id"], "role": "not used", "device": entry.get("device", ""),
+                         "gpus": entry.get("gpus", ""), "precision": entry.get("precision", ""), "unit": "",
+                         "published": None, "predicted": None, "ratio": None, "flat_ratio": None,
+                         "explained": False, "note": str(entry["note"]).strip(),
+                         "source": str(entry["source"]).strip()})
         return rows
 
     def dopri5_nfe(self, atol: float, rtol: float) -> tuple[float, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -117,6 +118,9 @@ def preview(argv: list[str]) -> list[dict[str, Any]]:
     workflow = captured["workflow"]
     dag = workflow.dag
     jobs = [job for job in dag.jobs if dag.needrun(job) and _runs_on_cluster(job, workflow)]
+    attempt = int(os.environ.get("FASTERDIT_PREVIEW_ATTEMPT", "1"))
+    for job in jobs:
+        job.attempt = attempt        # resources are re-evaluated for this retry attempt
     return [_submission(job, workflow, captured["executor_settings"]) for job in jobs]
 
 

@@ -55,7 +55,7 @@ rule import_official:
         layout=lambda wc: REG.imported[wc.run]["layout"],
     resources:
         mem_mb=16000,  # DiT-XL/2: 2.7 GB of weights, read, checked and written once
-        runtime="30m",
+        runtime=lambda wc, attempt: attempt_runtime("30m", attempt),
     shell:
         "python -m pipeline.import_checkpoint {input:q} --run-json {params.run_json:q} --layout {params.layout:q}"
         " --step {wildcards.step:q} --out {output:q} > {log:q} 2>&1"

@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, config_error_exit
 from pipeline.paths import ScalePaths
 from pipeline.registry import load_registry
+from pipeline.runtime import attempt_runtime
 
 # The Snakefile's pipeline.config.load_scale checked the config, load_registry checks config/experiments.yaml
 # (and that the config's protocols can hold every cell); a problem ends the run with one line.
@@ -67,10 +68,14 @@ def stage_resources(stage, run_id=None):
     shell on the first node, whose ``srun`` starts one torchrun agent per node (:func:`launcher`); sbatch asks
     for ``--nodes N --ntasks N`` (one task per node) and ``--gres gpu:G`` per node (G = ``gpu``, per node)."""
     defaults = {"gpu": 0, "nodes": 1, "cpus_per_task": 1, "mem_mb": 2000, "runtime": "30m"}
+    # runtime: minutes, `attempt` × the configured time up to `max_runtime` (pipeline.runtime): a retry asks
+    # for more.
 
     def one(key):
         def get(wildcards, attempt=1):
-            return protocol_of(run_id or wildcards.run)["resources"][stage].get(key, defaults[key])
+            res = protocol_of(run_id or wildcards.run)["resources"][stage]
+            value = res.get(key, defaults[key])
+            return attempt_runtime(value, attempt, res.get("max_runtime")) if key == "runtime" else value
         return get
 
     resources = {key: one(key) for key in defaults}
@@ -88,7 +93,9 @@ def single_process_resources(stage, run_id):
     share = max(int(res.get("gpu", 0)), 1)
     return {"gpu": min(int(res.get("gpu", 0)), 1), "nodes": 1,
             "cpus_per_task": max(int(res.get("cpus_per_task", 1)) // share, 1),
-            "mem_mb": max(int(res.get("mem_mb", 2000)) // share, 1000), "runtime": res.get("runtime", "30m")}
+            "mem_mb": max(int(res.get("mem_mb", 2000)) // share, 1000),
+            "runtime": lambda wildcards, attempt=1: attempt_runtime(res.get("runtime", "30m"), attempt,
+                                                                    res.get("max_runtime"))}
 
 
 def launcher(stage, module):

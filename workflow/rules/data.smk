@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.data_config import latents_cli_args, reference_cli_args
 from pipeline.paths import at_scale
+from pipeline.runtime import attempt_runtime
 
 # As common.smk: jobs run `python` of the environment that runs Snakemake (also when this file is included
 # on its own, as tests/test_data_rules.py does).
@@ -50,7 +51,9 @@ def _latents_protocol_resources(wildcards):
 
 def latents_resource(key, default):
     def get(wildcards, attempt=1):
-        return _latents_protocol_resources(wildcards).get(key, default)
+        res = _latents_protocol_resources(wildcards)
+        value = res.get(key, default)
+        return attempt_runtime(value, attempt, res.get("max_runtime")) if key == "runtime" else value
     return get
 
 
@@ -91,7 +94,7 @@ rule reference_npz:
     resources:
         cpus_per_task=lambda wc: 8 if reference_is_built_from_images(wc) else 1,
         mem_mb=lambda wc: 32000 if reference_is_built_from_images(wc) else 2000,
-        runtime=lambda wc: "2h" if reference_is_built_from_images(wc) else "10m",
+        runtime=lambda wc, attempt: attempt_runtime("2h" if reference_is_built_from_images(wc) else "10m", attempt),
     shell:
         "{params.command:q} --out {output.npz:q} 2>&1 | tee {log:q}"
 
@@ -108,7 +111,7 @@ rule dataset_npz:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime="10m",
+        runtime=lambda wc, attempt: attempt_runtime("10m", attempt),
     shell:
         "python -m pipeline.data reference --dataset digits --split {wildcards.split:q}"
         " --out {output.npz:q} 2>&1 | tee {log:q}"
