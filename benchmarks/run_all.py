@@ -79,6 +79,20 @@ def default_name(device: torch.device) -> str:
     return f"{socket.gethostname()}-{gpu}"
 
 
+def table_bandwidths(gpu_name: str) -> dict[str, Any]:
+    """Memory and all-reduce bandwidths of the config/throughput.yaml row this GPU name matches
+    (pipeline.train_log.GPU_ROWS), for the budget's step model; {} for a GPU the table does not know.
+    Not measured here: the source says which row they come from."""
+    from pipeline.budget import load_throughput
+    from pipeline.train_log import GPU_ROWS
+
+    row = next((row for marker, row in GPU_ROWS if marker in gpu_name), None)
+    if row is None:
+        return {}
+    table = load_throughput().devices[row]
+    return {"memory_gbps": table.memory_gbps, "allreduce_gbps": table.allreduce_gbps, "bandwidths_from": row}
+
+
 def budget_calibration(ctx: Context, host: dict[str, Any], source: str) -> dict[str, Any]:
     """This machine as a device of pipeline.budget: peaks, utilisation, overhead and exact rates."""
     train = ctx.shared.get("train_entries", [])
@@ -106,11 +120,13 @@ def budget_calibration(ctx: Context, host: dict[str, Any], source: str) -> dict[
     if "metrics_host" in ctx.shared:
         assumptions["metrics_host"] = ctx.shared["metrics_host"]
     name = f"{host['hostname']}-{host.get('gpu', 'cpu')}"
+    device = {"name": re.sub(r"\s+", "-", name), "kind": "gpu" if ctx.device.type == "cuda" else "cpu",
+              "peak_tflops": {k: v / 1e12 for k, v in ctx.peaks.items()}, "utilisation": utilisation,
+              "step_overhead_s": statistics.median(overheads) if overheads else 0.0,
+              "source": f"measured by benchmarks.run_all ({source}), {host['threads']} threads"}
+    device.update(table_bandwidths(str(host.get("gpu", ""))) if device["kind"] == "gpu" else {})
     return {
-        "device": {"name": re.sub(r"\s+", "-", name), "kind": "gpu" if ctx.device.type == "cuda" else "cpu",
-                   "peak_tflops": {k: v / 1e12 for k, v in ctx.peaks.items()}, "utilisation": utilisation,
-                   "step_overhead_s": statistics.median(overheads) if overheads else 0.0,
-                   "source": f"measured by benchmarks.run_all ({source}), {host['threads']} threads"},
+        "device": device,
         "train": [{"network": e["network"], "batch": e["batch"], "precision": e["precision"],
                    "it_s": e["it_s"], "threads": e["threads"]} for e in train],
         "sample": samples,

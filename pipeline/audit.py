@@ -13,7 +13,8 @@ than b at the smallest std, better at the largest), ``snr_band`` (the best std's
 ``argmin_in`` (a curve's best std inside an interval), ``speedup`` (training steps to reach a baseline's FID, as
 a ratio) and ``absolute`` (a value within a tolerance of the paper's; judged only at the scales listed).
 
-CLI: ``python -m pipeline.audit --results results --claims config/claims.yaml --out results/audit.csv``
+CLI: ``python -m pipeline.audit --scale mini`` (reads ``results/mini``, writes ``results/mini/audit.csv``; or
+``--results DIR --out FILE``; ``--claims config/claims.yaml``)
 (``--tables A.csv B.csv`` reads those tables instead of every CSV of ``--results``).
 """
 
@@ -33,6 +34,7 @@ import pandas as pd
 from core.errors import InputError, run_cli
 from core.io import atomic_write_csv, git_commit, portable_path, provenance
 from pipeline.config import load_claims, load_fig3
+from pipeline.paths import at_scale
 from pipeline.verdicts import (
     CONTRADICTED,
     DRAWS,
@@ -513,14 +515,17 @@ def load_results(results_dir: Path, tables: Sequence[str | Path] | None = None) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.audit", description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results")
+    parser.add_argument("--scale", default="mini", help="the scale whose folders the defaults name (default mini)")
+    parser.add_argument("--results", help="folder of experiment CSVs (default: results/<scale>)")
     parser.add_argument("--tables", nargs="*", help="read exactly these experiment CSVs (default: all of --results)")
     parser.add_argument("--claims", default="config/claims.yaml")
     parser.add_argument("--fig3-config", default="config/figures/fig3.yaml")
-    parser.add_argument("--out", default="results/audit.csv")
+    parser.add_argument("--out", help="the audit CSV (default: results/<scale>/audit.csv)")
     parser.add_argument("--only", default="", metavar="PREFIX",
                         help="audit only the claims whose id starts with PREFIX (e.g. calibration-)")
     args = parser.parse_args(argv)
+    args.results = args.results or str(Path(at_scale("results/audit.csv", args.scale)).parent)
+    args.out = args.out or at_scale("results/audit.csv", args.scale)
     claims, fig3_cfg = load_claims(args.claims), load_fig3(args.fig3_config)
     claims = [claim for claim in claims if claim["id"].startswith(args.only)]
     if not claims:

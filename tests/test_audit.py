@@ -3,6 +3,8 @@ contradicted; curve statistics, the speed-up (7x) check on curves with a known c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -229,3 +231,15 @@ def test_a_contradicted_claim_shows_the_contradicted_pair():
     claim = {"id": "x", "text": "", "check": {"kind": "less", "experiment": "e", "pairs": [["a1", "b1"], ["a2", "b2"]]}}
     row = audit.audit({"e": table("e", cells)}, [claim], {})[0]
     assert row["verdict"] == "contradicted" and row["effect_high"] < 0
+
+
+def test_the_cli_defaults_name_the_scales_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m pipeline.audit --scale S` reads results/S and writes results/S/audit.csv (no unscaled path)."""
+    from pipeline.audit import main
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "results" / "smoke").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--scale", "smoke", "--claims", str(repo / "config" / "claims.yaml"),
+                 "--fig3-config", str(repo / "config" / "figures" / "fig3.yaml")]) == 0
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.csv")] == ["results/smoke/audit.csv"]

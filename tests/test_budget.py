@@ -287,3 +287,26 @@ def test_benchmark_calibration_block_is_readable_by_the_budget(smoke: tuple, tmp
     budget = estimate_budget(registry, grid, config, tp)
     methods = {j.method for j in budget.jobs.values() if j.kind in ("train", "sample")}
     assert "measured" in methods
+
+
+def test_a_measured_gpu_keeps_the_step_models_all_reduce_and_optimizer_terms(tmp_path: Path) -> None:
+    """A benchmark file from a GPU the table knows carries that row's bandwidths, so the budget still models the
+    DDP all-reduce and the optimizer/EMA passes on it (with its measured utilisation for the compute)."""
+    from benchmarks.common import Context
+    from benchmarks.run_all import budget_calibration, table_bandwidths
+
+    assert table_bandwidths("NVIDIA H100 80GB HBM3") == {"memory_gbps": 3350.0, "allreduce_gbps": 450.0,
+                                                         "bandwidths_from": "H100-SXM5"}
+    assert table_bandwidths("Some Future GPU") == {}
+    ctx = Context(device=torch.device("cuda"), threads=1, scratch=tmp_path, peaks={"bf16": 9e14, "tf32": 4e14})
+    xl = {"name": "DiT-XL/2", "input_size": 32, "in_channels": 4, "num_classes": 1000, "learn_sigma": True}
+    ctx.shared["train_entries"] = [{"network": xl, "batch": 32, "precision": "bf16", "it_s": 4.0,
+                                    "flops_per_step": 32 * 3 * network_forward_flops(xl), "fraction_of_peak": 0.45,
+                                    "threads": 1}]
+    path = tmp_path / "gpu.json"
+    host = {"hostname": "node1", "threads": 16, "gpu": "NVIDIA H100 80GB HBM3"}
+    path.write_text(json.dumps({"budget_calibration": budget_calibration(ctx, host, str(path))}))
+    tp = load_throughput(measured=path)
+    device = tp.devices[tp.measured_device]
+    parts = step_time(StepSetting(xl, 256, 8, 1, "bf16"), device, tp.step_model, device.utilisation["bf16"])
+    assert parts["utilisation"] == 0.45 and parts["allreduce"] > 0 and parts["optimizer"] > 0

@@ -1,12 +1,14 @@
 """Figure 3: SNR PDFs (Eq. 7) of the four schedules for a low, a high and the best-FID data std.
 
-    python -m pipeline.figures.fig3 --config config/figures/fig3.yaml \\
-        [--best-std-results results/mini/fig2.csv] --fig-dir paper_figures/mini \\
-        --csv results/mini/fig3.csv --summary results/mini/fig3_summary.json
+    python -m pipeline.figures.fig3 --config config/figures/fig3.yaml [--scale mini] \\
+        [--best-std-results results/mini/fig2.csv]
+
+(``--fig-dir``, ``--csv`` and ``--summary`` default to ``paper_figures/<scale>``, ``results/<scale>/fig3.csv`` and
+``results/<scale>/fig3_summary.json``.)
 
 Writes ``<fig-dir>/<view>.pdf`` and ``.png`` for every view of the config (``fig3``: uniform sampling as in
 the paper; ``fig3_lognorm``: the lognorm(0, 1) variant of Figs. 4-5), the curves in long format
-(``results/fig3.csv``, first line ``# provenance: {json}``) and per-curve summaries with the best-std sources.
+(``results/<scale>/fig3.csv``, first line ``# provenance: {json}``) and per-curve summaries with the best-std sources.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from matplotlib.figure import Figure
 from core.errors import run_cli
 from core.io import atomic_write, atomic_write_json, atomic_write_text, derive_seed, provenance
 from models.snr import analytic_snr_pdf, bin_edges, db_grid, estimate_snr_pdf, make_setting, snr_summary
+from pipeline.paths import at_scale
 
 PANEL_TITLES = {
     "ddpm-linear": "DDPM-linear",
@@ -226,14 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="YAML file with a fig3 block (config/figures/fig3.yaml)")
     source.add_argument("--config-json", help="the fig3 block as JSON (what the Snakemake rule passes)")
     parser.add_argument("--best-std-results", default=None, help="Fig. 2 results CSV (schedule, std, fid)")
-    parser.add_argument("--fig-dir", default="paper_figures")
-    parser.add_argument("--csv", default="results/fig3.csv")
-    parser.add_argument("--summary", default="results/fig3_summary.json")
+    parser.add_argument("--scale", default="mini", help="the scale whose folders the defaults name (default mini)")
+    parser.add_argument("--fig-dir", help="default: paper_figures/<scale>")
+    parser.add_argument("--csv", help="default: results/<scale>/fig3.csv")
+    parser.add_argument("--summary", help="default: results/<scale>/fig3_summary.json")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.fig_dir = args.fig_dir or str(Path(at_scale("paper_figures/fig3.png", args.scale)).parent)
+    args.csv = args.csv or at_scale("results/fig3.csv", args.scale)
+    args.summary = args.summary or at_scale("results/fig3_summary.json", args.scale)
     cfg = load_config(args.config) if args.config else json.loads(args.config_json)
     matplotlib.use("Agg")
     torch.set_num_threads(1)
