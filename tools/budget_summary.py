@@ -13,6 +13,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,21 @@ LABELS = {"fig1": "Fig. 1", "fig2": "Fig. 2", "fig4": "Fig. 4", "fig5": "Fig. 5"
           "calibration": "Calibration (published checkpoints, nothing trained)", "grids": "Figs. 8–10 (grids)"}
 
 
-def _budgets(**variant: float) -> dict[str, Any]:
-    """The paper-scale budget on each of ``GPUS`` (``variant``: step-model assumptions changed, refitted)."""
-    from pipeline.budget import estimate_budget, load_scale_config, load_throughput
+@cache
+def _paper() -> tuple[Any, Any, Any, Any]:
+    """(config, registry, grid, throughput table) of the paper scale, loaded once."""
+    from pipeline.budget import load_scale_config, load_throughput
     from pipeline.registry import load_registry
 
     config = load_scale_config("paper")
-    registry, grid = load_registry(config)
-    tp = load_throughput()
+    return (config, *load_registry(config), load_throughput())
+
+
+def _budgets(**variant: float) -> dict[str, Any]:
+    """The paper-scale budget on each of ``GPUS`` (``variant``: step-model assumptions changed, refitted)."""
+    from pipeline.budget import estimate_budget
+
+    config, registry, grid, tp = _paper()
     tp = tp.variant(**variant) if variant else tp
     return {gpu: estimate_budget(registry, grid, config, tp, gpu=gpu) for gpu in GPUS}
 
@@ -84,14 +92,14 @@ def _validation_notes(rows: list[dict[str, Any]]) -> str:
 def blocks() -> dict[str, str]:
     """Every block's text by name."""
     from pipeline.budget.rows import validation_markdown
-    from pipeline.budget.throughput import load_throughput
 
     budgets, flat = _budgets(), _budgets(alpha=0.0)
     a100, h800 = (budgets[g] for g in GPUS)
     flat_a100, flat_h800 = (flat[g] for g in GPUS)
     steep_a100 = _budgets(min_tokens=0.0)[GPUS[0]]
     cal_a, cal_h = a100.attributed_hours("calibration"), h800.attributed_hours("calibration")
-    tp = load_throughput()
+    tp = _paper()[3]
+    rows = tp.validation()
     util = tp.step_model.compute_utilisation("bf16", 32 * 256)
     out = {
         "calibration": f"{cal_a:,.0f} A100 GPU-hours or {cal_h:,.0f} on H800 by `results/paper/budget.csv`, "
@@ -103,7 +111,7 @@ def blocks() -> dict[str, str]:
                  f"{_standalone(a100, 'table1'):,.0f} (critical path {a100.critical_path_hours('table1'):,.0f} h: "
                  f"FasterDiT's 2M-step run at {_rate(a100, 'section4'):.2f} it/s on 8 A100s, "
                  f"{_rate(h800, 'section4'):.2f} on 8 H800s)",
-        "validation": validation_markdown(tp) + "\n" + _validation_notes(tp.validation()),
+        "validation": validation_markdown(tp) + "\n" + _validation_notes(rows),
         "paper-notes": (
             f"What the totals mean: a Section 4 step of DiT-XL/2 (batch 256 on 8 GPUs, 32 images and 8,192 tokens "
             f"per GPU, bf16, pre-computed latents) is estimated at {1 / _rate(a100, 'section4'):.2f} s on 8×A100 "

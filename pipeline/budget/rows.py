@@ -113,20 +113,9 @@ def summary_table(budget: BudgetEstimate, rows: Sequence[Mapping[str, Any]] | No
 
 
 def calibration_table(tp: Throughput) -> str:
-    """The fitted step model and its validation as plain text (``--explain``)."""
-    model = tp.step_model
-    lines = ["step model fitted to the published DiT-XL/2 training throughputs (config/throughput.yaml):",
-             "  " + ", ".join(f"u_{k} {v:.3f}" for k, v in model.utilisation.items())
-             + f" at >= {model.reference_tokens:,.0f} tokens per GPU; alpha {model.alpha:.3f} (tf32/bf16); "
-               f"u_conv {model.conv_utilisation:.3f}; fit residual rms {model.residual_rms:.3f} (log time)"]
-    for row in tp.validation():
-        if row["ratio"] is None:
-            lines.append(f"  {row['id']:<28} {row['role']:<8} ({row['note']})")
-            continue
-        lines.append(f"  {row['id']:<28} {row['role']:<8} published {row['published']:,.4g} {row['unit']}, "
-                     f"predicted {row['predicted']:,.4g}: time ratio {row['ratio']:.2f} "
-                     f"(alpha = 0: {row['flat_ratio']:.2f})")
-    return "\n".join(lines)
+    """What ``--explain`` prints: the fitted step model and its validation (:func:`validation_markdown`)."""
+    return "step model fitted to the published DiT-XL/2 training throughputs (config/throughput.yaml):\n" + (
+        validation_markdown(tp))
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
