@@ -216,6 +216,8 @@ def _sweep_points(sweep: Mapping[str, Any], scale_cfg: Mapping[str, Any]) -> lis
     points: list[tuple[dict, dict]] = [({}, {})]
     for key, raw in sweep.items():
         values = _resolve(raw, scale_cfg)
+        if not isinstance(values, list):   # a name the scale does not define would sweep its letters
+            raise ValueError(f"sweep.{key}: {raw!r} is neither a list nor a list the scale config names")
         new_points = []
         for coords, overrides in points:
             for value in values:

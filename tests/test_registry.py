@@ -19,8 +19,30 @@ def registry(request):
 
 
 def test_std_grids_contain_the_values_the_paper_names():
-    for name in ("mini", "paper"):
-        assert {0.3, 0.9, 2.5, 3.3} <= set(scale(name)["std_grid"])
+    """The paper scale sweeps the four values the paper names; mini keeps the ends and 0.9 (2.5 trimmed, README)."""
+    assert {0.3, 0.9, 2.5, 3.3} <= set(scale("paper")["std_grid"])
+    assert {0.3, 0.9, 3.3} <= set(scale("mini")["std_grid"])
+    for name in ("smoke", "mini", "paper"):
+        crossover = scale(name)["std_grid_crossover"]
+        assert min(crossover) == 0.3 and max(crossover) == 3.3   # the crossover claim reads the two ends
+
+
+def test_a_sweep_names_only_lists_the_scale_defines():
+    """A sweep string that is not a scale list is refused, never swept letter by letter."""
+    from pipeline.registry import _sweep_points
+
+    assert len(_sweep_points({"std": "std_grid_crossover"}, scale("mini"))) == 2
+    with pytest.raises(ValueError, match="sweep.schedule: 'fig5_schedules' is neither"):
+        _sweep_points({"schedule": "fig5_schedules"}, scale("mini"))
+
+
+def test_mini_gives_every_cell_a_claim_reads_three_seeds():
+    """Issue 16 item 5: at mini every protocol a claim reads trains three seeds."""
+    config = scale("mini")
+    registry = expand(load_experiments(), config)
+    for cell in registry.all_cells():
+        if cell.protocol != "calibration_256":     # the stand-ins: judged at the paper scale only
+            assert len(config["protocols"][cell.protocol]["seeds"]) >= 3, cell.protocol
 
 
 def test_every_cell_has_a_run_and_a_milestone(registry):
